@@ -1,0 +1,14 @@
+//! Audio formats and the per-stream DSP that turns client PCM into pipeline audio.
+//!
+//! Nothing in here is an actor: these are plain, allocation-free-on-the-hot-path building
+//! blocks that the [`crate::resampler::Resampler`] actor owns, so they can be tested and
+//! benchmarked without a runtime.
+
+mod decode;
+mod resample;
+
+pub use decode::{decode_to_mono, Encoding, InputFormat};
+pub use resample::{ResamplerKind, StreamResampler};
+
+/// Sample rate of pipeline audio: what every processor receives.
+pub const PIPELINE_RATE: u32 = 16_000;

@@ -1,0 +1,197 @@
+//! Errors clients see. Each variant has a stable `code` (documented in `docs/protocol.md`);
+//! messages say what to fix and never carry internal detail (paths, panics, library text).
+
+use thiserror::Error;
+
+/// Why a client was refused before the WebSocket upgrade. Answered as HTTP with a JSON body.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum AdmissionError {
+    /// A query parameter is missing, malformed or out of range.
+    #[error("{message}")]
+    InvalidParameter {
+        /// The parameter's name, as in the query string.
+        param: &'static str,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// `max_sessions` sessions are alive.
+    #[error("the server is at its session limit ({max}); retry later")]
+    ServerFull {
+        /// The limit in force.
+        max: usize,
+    },
+    /// Admitting one more session would exceed `memory_budget_mb`.
+    #[error("the server's memory budget for sessions is used up; retry later")]
+    MemoryBudgetExceeded,
+    /// This client address has `max_sessions_per_ip` sessions alive.
+    #[error("this address already has {max} sessions open; close one first")]
+    TooManySessions {
+        /// The limit in force.
+        max: usize,
+    },
+    /// The server is draining for shutdown.
+    #[error("the server is shutting down; connect to another instance")]
+    ShuttingDown,
+    /// The request is not a valid WebSocket upgrade.
+    #[error("this endpoint needs a WebSocket upgrade request")]
+    NotWebSocket,
+    /// Something inside the server failed; the log has the details under the correlation id.
+    #[error("internal error; the server log has details under this correlation id")]
+    Internal,
+}
+
+impl AdmissionError {
+    /// Stable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AdmissionError::InvalidParameter { .. } => "invalid_parameter",
+            AdmissionError::ServerFull { .. } => "server_full",
+            AdmissionError::MemoryBudgetExceeded => "memory_budget_exceeded",
+            AdmissionError::TooManySessions { .. } => "too_many_sessions",
+            AdmissionError::ShuttingDown => "shutting_down",
+            AdmissionError::NotWebSocket => "websocket_upgrade_required",
+            AdmissionError::Internal => "internal_error",
+        }
+    }
+
+    /// HTTP status of the refusal.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            AdmissionError::InvalidParameter { .. } | AdmissionError::NotWebSocket => 400,
+            AdmissionError::TooManySessions { .. } => 429,
+            AdmissionError::ServerFull { .. }
+            | AdmissionError::MemoryBudgetExceeded
+            | AdmissionError::ShuttingDown => 503,
+            AdmissionError::Internal => 500,
+        }
+    }
+
+    /// Seconds a client should wait before retrying, where retrying can help.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            AdmissionError::ServerFull { .. } | AdmissionError::MemoryBudgetExceeded => Some(5),
+            AdmissionError::TooManySessions { .. } => Some(10),
+            AdmissionError::ShuttingDown => Some(30),
+            _ => None,
+        }
+    }
+}
+
+/// WebSocket close codes voxrt uses (protocol v1).
+pub mod close_code {
+    /// Normal closure (client `stop`).
+    pub const NORMAL: u16 = 1000;
+    /// Server shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Policy violation.
+    pub const POLICY: u16 = 1008;
+    /// Frame over its size limit.
+    pub const TOO_BIG: u16 = 1009;
+    /// Internal error.
+    pub const INTERNAL: u16 = 1011;
+    /// Try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// No audio or ping for `idle_timeout_s`.
+    pub const IDLE_TIMEOUT: u16 = 4000;
+    /// Session older than `session_ttl_s`.
+    pub const TTL_EXPIRED: u16 = 4001;
+}
+
+/// Errors inside a live session, sent as `{"type":"error",...}` events.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SessionError {
+    /// A binary frame is not a whole number of sample frames.
+    #[error("binary frame of {len} bytes is not a whole number of sample frames ({frame_bytes} bytes each for {channels} channel(s) of {encoding})")]
+    PartialSampleFrame {
+        /// Bytes received.
+        len: usize,
+        /// Bytes per sample frame.
+        frame_bytes: usize,
+        /// Declared channels.
+        channels: u16,
+        /// Declared encoding.
+        encoding: &'static str,
+    },
+    /// A binary frame with no bytes.
+    #[error("empty binary frame; send at least one sample frame")]
+    EmptyAudioFrame,
+    /// A frame over the WebSocket codec's limit (the larger of the two frame limits).
+    #[error("frame exceeds the size limit (binary frames: {max_binary} bytes, text frames: {max_text} bytes); send smaller chunks")]
+    FrameTooLarge {
+        /// Binary limit.
+        max_binary: usize,
+        /// Text limit.
+        max_text: usize,
+    },
+    /// A text frame over `max_text_frame_bytes`.
+    #[error("text frame exceeds the limit of {max} bytes")]
+    TextFrameTooLarge {
+        /// The limit.
+        max: usize,
+    },
+    /// A text frame that is not valid JSON.
+    #[error("text frame is not valid JSON: {detail}")]
+    InvalidJson {
+        /// Position and kind of the syntax error (no input text is echoed).
+        detail: String,
+    },
+    /// A JSON message that is not an object with a string `type`.
+    #[error("control message must be a JSON object with a string \"type\" field")]
+    MissingType,
+    /// A `type` the server does not know.
+    #[error("unknown message type \"{kind}\"; expected one of: ping, flush, stop")]
+    UnknownMessageType {
+        /// The type received (truncated to 64 characters).
+        kind: String,
+    },
+    /// A fragmented (continuation) frame; voxrt needs each message in one frame.
+    #[error("fragmented WebSocket messages are not supported; send each chunk as one frame")]
+    FragmentedMessage,
+    /// The WebSocket protocol was violated.
+    #[error("WebSocket protocol error")]
+    Protocol,
+    /// The pipeline was behind and this chunk was dropped (`drop_newest` policy).
+    #[error("audio chunk {seq} dropped: the pipeline is behind; send at real time")]
+    AudioDropped {
+        /// 0-based index of the binary frame.
+        seq: u64,
+    },
+    /// Audio arrived after `stop`.
+    #[error("audio after stop is ignored")]
+    AudioAfterStop,
+    /// Something inside the server failed; details are in the log under the correlation id.
+    #[error("internal error; the server log has details under this correlation id")]
+    Internal,
+}
+
+impl SessionError {
+    /// Stable code clients match on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SessionError::PartialSampleFrame { .. } => "invalid_audio_frame",
+            SessionError::EmptyAudioFrame => "empty_audio_frame",
+            SessionError::FrameTooLarge { .. } => "frame_too_large",
+            SessionError::TextFrameTooLarge { .. } => "text_frame_too_large",
+            SessionError::InvalidJson { .. } => "invalid_json",
+            SessionError::MissingType => "invalid_message",
+            SessionError::UnknownMessageType { .. } => "unknown_message_type",
+            SessionError::FragmentedMessage => "fragmented_message",
+            SessionError::Protocol => "protocol_error",
+            SessionError::AudioDropped { .. } => "audio_dropped",
+            SessionError::AudioAfterStop => "audio_after_stop",
+            SessionError::Internal => "internal_error",
+        }
+    }
+
+    /// The close code when this error ends the session; `None` if the session goes on.
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            SessionError::FrameTooLarge { .. } | SessionError::TextFrameTooLarge { .. } => {
+                Some(close_code::TOO_BIG)
+            }
+            SessionError::Protocol => Some(close_code::POLICY),
+            SessionError::Internal => Some(close_code::INTERNAL),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! Protocol v1 wire types: the stream's query parameters, control messages clients send and
+//! events the server sends. `docs/protocol.md` is the human-readable contract for these.
+
+use crate::audio::{Encoding, InputFormat, PIPELINE_RATE};
+use crate::error::{AdmissionError, SessionError};
+use crate::settings::VadSettings;
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// Inclusive bounds of `sample_rate`, in Hz.
+pub const SAMPLE_RATE_RANGE: (u32, u32) = (8_000, 192_000);
+/// Inclusive bounds of `channels`.
+pub const CHANNELS_RANGE: (u16, u16) = (1, 8);
+/// Inclusive bounds of `vad_silence_ms`.
+pub const VAD_SILENCE_MS_RANGE: (u32, u32) = (50, 10_000);
+/// Inclusive bounds of `vad_min_speech_ms`.
+pub const VAD_MIN_SPEECH_MS_RANGE: (u32, u32) = (0, 10_000);
+
+/// A client's validated `GET /v1/stream` parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamParams {
+    /// What the client sends.
+    pub input: InputFormat,
+    /// Send pipeline audio back as binary frames (16 kHz mono pcm_s16le).
+    pub return_audio: bool,
+    /// VAD tunables after the client's overrides.
+    pub vad: VadSettings,
+}
+
+fn invalid(param: &'static str, message: String) -> AdmissionError {
+    AdmissionError::InvalidParameter { param, message }
+}
+
+fn parse_in_range<T>(
+    query: &HashMap<String, String>,
+    param: &'static str,
+    (lo, hi): (T, T),
+) -> Result<Option<T>, AdmissionError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    let Some(raw) = query.get(param) else {
+        return Ok(None);
+    };
+    match raw.trim().parse::<T>() {
+        Ok(v) if v >= lo && v <= hi => Ok(Some(v)),
+        _ => Err(invalid(
+            param,
+            format!("{param} must be a number in {lo}..={hi}; got \"{}\"", clip(raw)),
+        )),
+    }
+}
+
+/// At most 32 characters of client text, for error messages.
+fn clip(s: &str) -> String {
+    s.chars().take(32).collect()
+}
+
+const KNOWN_PARAMS: [&str; 7] = [
+    "sample_rate",
+    "channels",
+    "encoding",
+    "return_audio",
+    "vad_threshold",
+    "vad_silence_ms",
+    "vad_min_speech_ms",
+];
+
+impl StreamParams {
+    /// Validates the query string of `GET /v1/stream`; the error names the first bad
+    /// parameter and what is allowed.
+    pub fn from_query(
+        query: &HashMap<String, String>,
+        vad_defaults: &VadSettings,
+    ) -> Result<Self, AdmissionError> {
+        let mut unknown: Vec<&str> = query
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !KNOWN_PARAMS.contains(k))
+            .collect();
+        unknown.sort_unstable();
+        if let Some(first) = unknown.first() {
+            return Err(invalid(
+                "query",
+                format!(
+                    "unknown parameter \"{}\"; allowed: {}",
+                    clip(first),
+                    KNOWN_PARAMS.join(", ")
+                ),
+            ));
+        }
+        let sample_rate = parse_in_range(query, "sample_rate", SAMPLE_RATE_RANGE)?.ok_or_else(
+            || invalid("sample_rate", "sample_rate is required: 8000..=192000 (Hz)".into()),
+        )?;
+        let channels = parse_in_range(query, "channels", CHANNELS_RANGE)?
+            .ok_or_else(|| invalid("channels", "channels is required: 1..=8".into()))?;
+        let encoding = match query.get("encoding") {
+            None => {
+                return Err(invalid(
+                    "encoding",
+                    "encoding is required: pcm_s16le or pcm_f32le".into(),
+                ))
+            }
+            Some(e) => Encoding::parse(e).ok_or_else(|| {
+                invalid(
+                    "encoding",
+                    format!("encoding must be pcm_s16le or pcm_f32le; got \"{}\"", clip(e)),
+                )
+            })?,
+        };
+        let return_audio = match query.get("return_audio").map(String::as_str) {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "return_audio",
+                    format!("return_audio must be true or false; got \"{}\"", clip(other)),
+                ))
+            }
+        };
+        let mut vad = *vad_defaults;
+        if let Some(t) = parse_in_range(query, "vad_threshold", (0.0f32, 1.0f32))? {
+            vad.threshold = t;
+        }
+        if let Some(s) = parse_in_range(query, "vad_silence_ms", VAD_SILENCE_MS_RANGE)? {
+            vad.silence_ms = s;
+        }
+        if let Some(m) = parse_in_range(query, "vad_min_speech_ms", VAD_MIN_SPEECH_MS_RANGE)? {
+            vad.min_speech_ms = m;
+        }
+        Ok(StreamParams {
+            input: InputFormat {
+                sample_rate,
+                channels,
+                encoding,
+            },
+            return_audio,
+            vad,
+        })
+    }
+}
+
+/// A control message from the client (a text frame).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    /// Answered with `pong` carrying the same `id`; also counts as activity.
+    Ping {
+        /// Echoed back untouched (any JSON value; `null` when absent).
+        id: Value,
+    },
+    /// Answered with `flushed` once everything sent before it went through the pipeline.
+    Flush,
+    /// Flush, then `session.closed` and close 1000.
+    Stop,
+}
+
+impl ClientMessage {
+    /// Parses a text frame. Errors name the problem without echoing the input back.
+    pub fn parse(text: &str) -> Result<Self, SessionError> {
+        let value: Value = serde_json::from_str(text).map_err(|e| SessionError::InvalidJson {
+            detail: format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())
+                .to_lowercase(),
+        })?;
+        let Value::Object(mut map) = value else {
+            return Err(SessionError::MissingType);
+        };
+        let kind = match map.get("type") {
+            Some(Value::String(k)) => k.as_str(),
+            _ => return Err(SessionError::MissingType),
+        };
+        match kind {
+            "ping" => Ok(ClientMessage::Ping {
+                id: map.remove("id").unwrap_or(Value::Null),
+            }),
+            "flush" => Ok(ClientMessage::Flush),
+            "stop" => Ok(ClientMessage::Stop),
+            other => Err(SessionError::UnknownMessageType {
+                kind: other.chars().take(64).collect(),
+            }),
+        }
+    }
+}
+
+/// Why a session ended (`session.closed` `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CloseReason {
+    /// The client sent `stop`.
+    ClientStop,
+    /// No audio or ping for `idle_timeout_s`.
+    IdleTimeout,
+    /// The session reached `session_ttl_s`.
+    TtlExpired,
+    /// The server is shutting down.
+    ServerShutdown,
+    /// A fatal error (the preceding `error` event says which).
+    Error,
+}
+
+impl CloseReason {
+    /// The WebSocket close code that goes with this reason.
+    pub fn close_code(self) -> u16 {
+        use crate::error::close_code::*;
+        match self {
+            CloseReason::ClientStop => NORMAL,
+            CloseReason::IdleTimeout => IDLE_TIMEOUT,
+            CloseReason::TtlExpired => TTL_EXPIRED,
+            CloseReason::ServerShutdown => GOING_AWAY,
+            CloseReason::Error => INTERNAL,
+        }
+    }
+}
+
+/// Counters reported in `session.closed`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SessionStats {
+    /// Binary frames accepted as audio.
+    pub chunks_in: u64,
+    /// Chunks that went through the resampler into the processors.
+    pub chunks_processed: u64,
+    /// Chunks dropped by the `drop_newest` policy.
+    pub chunks_dropped: u64,
+    /// Milliseconds of input audio that went through the pipeline.
+    pub audio_ms: u64,
+}
+
+/// `pipeline` in `session.started`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PipelineFormat {
+    /// Always 16000.
+    pub sample_rate: u32,
+    /// Always 1.
+    pub channels: u16,
+}
+
+impl Default for PipelineFormat {
+    fn default() -> Self {
+        Self {
+            sample_rate: PIPELINE_RATE,
+            channels: 1,
+        }
+    }
+}
+
+/// `limits` in `session.started`: what applies to this session.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SessionLimitsInfo {
+    /// Largest binary frame, bytes.
+    pub max_binary_frame_bytes: usize,
+    /// Largest text frame, bytes.
+    pub max_text_frame_bytes: usize,
+    /// Session lifetime, seconds.
+    pub session_ttl_s: u64,
+    /// Idle timeout, seconds.
+    pub idle_timeout_s: u64,
+    /// Server ping interval, seconds.
+    pub heartbeat_interval_s: u64,
+    /// Silence after which the client is considered gone, seconds.
+    pub heartbeat_timeout_s: u64,
+    /// Stage mailbox capacity, messages.
+    pub mailbox_capacity: usize,
+    /// Audio bytes accepted but not yet resampled.
+    pub max_inflight_bytes: usize,
+    /// `block` or `drop_newest`.
+    pub backpressure: crate::settings::BackpressurePolicy,
+}
+
+/// Speech boundary kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VadEventKind {
+    /// Speech began at `t_ms`.
+    SpeechStart,
+    /// Speech ended at `t_ms`, after `duration_ms`.
+    SpeechEnd,
+}
+
+/// Every event the server sends as a text frame.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type")]
+pub enum ServerEvent {
+    /// First frame of every session.
+    #[serde(rename = "session.started")]
+    SessionStarted {
+        /// The session's id (also in the server log).
+        session_id: Uuid,
+        /// What the client declared.
+        input: InputFormat,
+        /// What processors receive.
+        pipeline: PipelineFormat,
+        /// VAD tunables in force.
+        vad: VadSettings,
+        /// Limits in force.
+        limits: SessionLimitsInfo,
+    },
+    /// Answer to `ping`.
+    #[serde(rename = "pong")]
+    Pong {
+        /// The ping's id.
+        id: Value,
+    },
+    /// Answer to `flush`.
+    #[serde(rename = "flushed")]
+    Flushed {
+        /// Audio through the pipeline so far, ms.
+        audio_ms: u64,
+    },
+    /// A speech boundary.
+    #[serde(rename = "vad")]
+    Vad {
+        /// Start or end.
+        event: VadEventKind,
+        /// Where in the input audio, ms since session start.
+        t_ms: u64,
+        /// Segment length, on `speech_end` only.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        duration_ms: Option<u64>,
+    },
+    /// Loudness over the last interval.
+    #[serde(rename = "level")]
+    Level {
+        /// End of the interval, ms.
+        t_ms: u64,
+        /// RMS level, dBFS (full-scale sine: -3.0), floored at -120.
+        rms_dbfs: f32,
+        /// Peak level, dBFS, floored at -120.
+        peak_dbfs: f32,
+    },
+    /// An event from a user processor, sent as the processor built it (an object with a
+    /// `type` of the processor's choosing).
+    #[serde(skip)]
+    Custom(Value),
+    /// Something went wrong.
+    #[serde(rename = "error")]
+    Error {
+        /// Stable code.
+        code: &'static str,
+        /// What happened and how to fix it.
+        message: String,
+        /// Also in the server's log line for this error.
+        correlation_id: Uuid,
+        /// Whether the session ends.
+        fatal: bool,
+        /// The dropped chunk, for `audio_dropped`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<u64>,
+    },
+    /// Last event of a session.
+    #[serde(rename = "session.closed")]
+    SessionClosed {
+        /// Why.
+        reason: CloseReason,
+        /// Counters.
+        stats: SessionStats,
+    },
+}
+
+impl ServerEvent {
+    /// The event as one JSON text frame.
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: keys are strings and floats are finite.
+        let json = match self {
+            ServerEvent::Custom(value) => serde_json::to_string(value),
+            other => serde_json::to_string(other),
+        };
+        json.unwrap_or_else(|_| String::from("{\"type\":\"error\",\"code\":\"internal_error\"}"))
+    }
+}

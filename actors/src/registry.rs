@@ -1,0 +1,368 @@
+//! The SessionRegistry actor: admission, limits, TTL and idle sweeps, orderly shutdown.
+//!
+//! One per server, started under an actix `Supervisor`. Sessions are admitted *before* the
+//! WebSocket upgrade ([`Admit`] reserves a slot), confirm with [`Register`] once their actor
+//! runs, and leave with [`Unregister`]. A reservation whose upgrade never completes is
+//! released after `handshake_timeout_s`. Sweeps read each session's shared counters, so they
+//! cost no messages per session unless one must be expired.
+//!
+//! If the registry restarts, it keeps its table and rebuilds everything derived from it
+//! from the sessions that are still alive: no session is forgotten and limits keep holding.
+
+use crate::counters::{now_ms, SessionCounters};
+use crate::error::AdmissionError;
+use crate::protocol::CloseReason;
+use crate::session::Expire;
+use crate::settings::RegistryLimits;
+use actix::prelude::*;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+/// Asks for a slot for a new session from `peer`.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Uuid, AdmissionError>")]
+pub struct Admit {
+    /// The client's address (per-IP limits).
+    pub peer: IpAddr,
+}
+
+/// A session actor is running under an admitted id.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Register {
+    /// The id [`Admit`] returned.
+    pub id: Uuid,
+    /// Where expiry notices go.
+    pub session: Recipient<Expire>,
+    /// The session's live counters.
+    pub counters: Arc<SessionCounters>,
+}
+
+/// A session actor has stopped.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Unregister {
+    /// The session's id.
+    pub id: Uuid,
+}
+
+/// Stop admitting, tell every session to close with `server_shutdown`, and answer when
+/// none is left.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Ids of live sessions (for the shutdown log).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Vec<Uuid>")]
+pub struct LiveSessions;
+
+/// Counters for operators.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "RegistryStats")]
+pub struct GetStats;
+
+/// Stops the actor so its supervisor restarts it (operators' recovery lever; tests use it
+/// to prove the restart keeps every session).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Restart;
+
+/// What the registry knows, as numbers.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RegistryStats {
+    /// Sessions running.
+    pub sessions_active: usize,
+    /// Admitted but not yet running (upgrade in progress).
+    pub sessions_reserved: usize,
+    /// Admitted since start.
+    pub admitted_total: u64,
+    /// Refused since start, by error code.
+    pub refused_total: BTreeMap<&'static str, u64>,
+    /// Ended since start.
+    pub closed_total: u64,
+    /// Times the registry was restarted by its supervisor.
+    pub restarts: u64,
+    /// Bytes reserved per session for the memory budget.
+    pub reserve_bytes_per_session: usize,
+}
+
+struct Entry {
+    peer: IpAddr,
+    admitted_ms: u64,
+    live: Option<Live>,
+}
+
+struct Live {
+    session: Recipient<Expire>,
+    counters: Arc<SessionCounters>,
+    expiring: bool,
+}
+
+/// Admits, tracks and expires sessions; see the module docs.
+pub struct SessionRegistry {
+    limits: RegistryLimits,
+    reserve_bytes: usize,
+    entries: HashMap<Uuid, Entry>,
+    per_ip: HashMap<IpAddr, usize>,
+    draining: bool,
+    drain_waiters: Vec<oneshot::Sender<()>>,
+    stats: RegistryStats,
+}
+
+impl SessionRegistry {
+    /// A registry enforcing `limits`, reserving `reserve_bytes` of the memory budget per
+    /// session (the session's worst case; see `SessionConfig::worst_case_bytes`).
+    pub fn new(limits: RegistryLimits, reserve_bytes: usize) -> Self {
+        Self {
+            limits,
+            reserve_bytes,
+            entries: HashMap::new(),
+            per_ip: HashMap::new(),
+            draining: false,
+            drain_waiters: Vec::new(),
+            stats: RegistryStats {
+                reserve_bytes_per_session: reserve_bytes,
+                ..RegistryStats::default()
+            },
+        }
+    }
+
+    /// Starts the registry under a supervisor on the current arbiter.
+    pub fn start_supervised(self) -> Addr<Self> {
+        Supervisor::start(|_| self)
+    }
+
+    fn refuse(&mut self, error: AdmissionError) -> Result<Uuid, AdmissionError> {
+        *self.stats.refused_total.entry(error.code()).or_default() += 1;
+        Err(error)
+    }
+
+    fn remove(&mut self, id: &Uuid) {
+        if let Some(entry) = self.entries.remove(id) {
+            if let Some(n) = self.per_ip.get_mut(&entry.peer) {
+                *n -= 1;
+                if *n == 0 {
+                    self.per_ip.remove(&entry.peer);
+                }
+            }
+            if entry.live.is_some() {
+                self.stats.closed_total += 1;
+            }
+        }
+        if self.draining && self.entries.is_empty() {
+            for waiter in self.drain_waiters.drain(..) {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    /// Derived state from the table: per-IP counts. Entries whose session is gone are dropped.
+    fn rebuild(&mut self) {
+        self.entries
+            .retain(|_, e| e.live.as_ref().is_none_or(|l| l.session.connected()));
+        self.per_ip.clear();
+        for entry in self.entries.values() {
+            *self.per_ip.entry(entry.peer).or_default() += 1;
+        }
+    }
+
+    /// Expires sessions past their TTL or idle timeout; releases stale reservations.
+    fn sweep(&mut self) {
+        let now = now_ms();
+        let ttl_ms = self.limits.session_ttl_s * 1000;
+        let idle_ms = self.limits.idle_timeout_s * 1000;
+        let handshake_ms = self.limits.handshake_timeout_s * 1000;
+        let mut stale = Vec::new();
+        for (id, entry) in &mut self.entries {
+            let Some(live) = entry.live.as_mut() else {
+                if now.saturating_sub(entry.admitted_ms) > handshake_ms {
+                    stale.push(*id);
+                }
+                continue;
+            };
+            if live.expiring {
+                continue;
+            }
+            let reason = if live.counters.age_ms(now) >= ttl_ms {
+                CloseReason::TtlExpired
+            } else if live.counters.idle_ms(now) >= idle_ms {
+                CloseReason::IdleTimeout
+            } else {
+                continue;
+            };
+            live.expiring = true;
+            info!(session = %id, ?reason, "expiring session");
+            live.session.do_send(Expire { reason });
+        }
+        for id in stale {
+            warn!(session = %id, "admitted client never completed the upgrade; slot released");
+            self.remove(&id);
+        }
+    }
+}
+
+impl Actor for SessionRegistry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let every = Duration::from_millis(self.limits.sweep_interval_ms);
+        ctx.run_interval(every, |act, _| act.sweep());
+    }
+}
+
+impl Supervised for SessionRegistry {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        self.stats.restarts += 1;
+        self.rebuild();
+        warn!(
+            sessions = self.entries.len(),
+            "session registry restarted; view rebuilt from live sessions"
+        );
+    }
+}
+
+impl Handler<Admit> for SessionRegistry {
+    type Result = Result<Uuid, AdmissionError>;
+
+    /// Reserves a slot if every limit allows it.
+    fn handle(&mut self, msg: Admit, _ctx: &mut Self::Context) -> Self::Result {
+        if self.draining {
+            return self.refuse(AdmissionError::ShuttingDown);
+        }
+        let total = self.entries.len();
+        if total >= self.limits.max_sessions {
+            return self.refuse(AdmissionError::ServerFull {
+                max: self.limits.max_sessions,
+            });
+        }
+        let budget = self.limits.memory_budget_mb.saturating_mul(1 << 20);
+        if (total + 1).saturating_mul(self.reserve_bytes) > budget {
+            return self.refuse(AdmissionError::MemoryBudgetExceeded);
+        }
+        let from_peer = self.per_ip.get(&msg.peer).copied().unwrap_or(0);
+        if from_peer >= self.limits.max_sessions_per_ip {
+            return self.refuse(AdmissionError::TooManySessions {
+                max: self.limits.max_sessions_per_ip,
+            });
+        }
+        let id = Uuid::new_v4();
+        self.entries.insert(
+            id,
+            Entry {
+                peer: msg.peer,
+                admitted_ms: now_ms(),
+                live: None,
+            },
+        );
+        *self.per_ip.entry(msg.peer).or_default() += 1;
+        self.stats.admitted_total += 1;
+        Ok(id)
+    }
+}
+
+impl Handler<Register> for SessionRegistry {
+    type Result = ();
+
+    /// Marks an admitted session as running.
+    fn handle(&mut self, msg: Register, _ctx: &mut Self::Context) {
+        let Some(entry) = self.entries.get_mut(&msg.id) else {
+            // Its reservation timed out before the actor started: it is over the limits
+            // it was admitted under, so it ends at once.
+            warn!(session = %msg.id, "session registered after its reservation expired");
+            msg.session.do_send(Expire {
+                reason: CloseReason::ServerShutdown,
+            });
+            return;
+        };
+        let expiring = self.draining;
+        if expiring {
+            msg.session.do_send(Expire {
+                reason: CloseReason::ServerShutdown,
+            });
+        }
+        entry.live = Some(Live {
+            session: msg.session,
+            counters: msg.counters,
+            expiring,
+        });
+    }
+}
+
+impl Handler<Unregister> for SessionRegistry {
+    type Result = ();
+
+    /// Forgets a stopped session.
+    fn handle(&mut self, msg: Unregister, _ctx: &mut Self::Context) {
+        self.remove(&msg.id);
+    }
+}
+
+impl Handler<Shutdown> for SessionRegistry {
+    type Result = ResponseFuture<()>;
+
+    /// Drains: refuses new sessions and closes every live one with `server_shutdown`.
+    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+        self.draining = true;
+        let reserved: Vec<Uuid> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.live.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in reserved {
+            self.remove(&id);
+        }
+        for live in self.entries.values_mut().filter_map(|e| e.live.as_mut()) {
+            if !live.expiring {
+                live.expiring = true;
+                live.session.do_send(Expire {
+                    reason: CloseReason::ServerShutdown,
+                });
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.entries.is_empty() {
+            let _ = tx.send(());
+        } else {
+            self.drain_waiters.push(tx);
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+impl Handler<LiveSessions> for SessionRegistry {
+    type Result = Vec<Uuid>;
+
+    fn handle(&mut self, _msg: LiveSessions, _ctx: &mut Self::Context) -> Self::Result {
+        self.entries.keys().copied().collect()
+    }
+}
+
+impl Handler<GetStats> for SessionRegistry {
+    type Result = MessageResult<GetStats>;
+
+    fn handle(&mut self, _msg: GetStats, _ctx: &mut Self::Context) -> Self::Result {
+        let live = self.entries.values().filter(|e| e.live.is_some()).count();
+        let mut stats = self.stats.clone();
+        stats.sessions_active = live;
+        stats.sessions_reserved = self.entries.len() - live;
+        MessageResult(stats)
+    }
+}
+
+impl Handler<Restart> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Restart, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

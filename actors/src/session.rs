@@ -1,0 +1,456 @@
+//! The Session actor: one per WebSocket connection.
+//!
+//! Life of a session, top to bottom: `started` builds the pipeline, registers with the
+//! registry and sends `session.started`; the stream handler validates each frame, sends audio
+//! into the pipeline under the backpressure policy and answers control messages; pipeline
+//! output comes back as [`PipelineOutput`] and leaves as events; `stop`, an [`Expire`] from
+//! the registry, or a fatal error flush the pipeline, send `session.closed` and close;
+//! `stopped` unregisters.
+
+use crate::counters::SessionCounters;
+use crate::error::SessionError;
+use crate::pipeline::Pipeline;
+use crate::processors::ProcessorCatalog;
+use crate::protocol::{
+    ClientMessage, CloseReason, PipelineFormat, ServerEvent, SessionLimitsInfo, StreamParams,
+};
+use crate::registry::{Register, SessionRegistry, Unregister};
+use crate::resampler::{AudioChunk, Flush};
+use crate::settings::{
+    BackpressurePolicy, LevelSettings, PipelineSettings, RegistryLimits, SessionLimits,
+};
+use actix::prelude::*;
+use actix_web_actors::ws;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+use uuid::Uuid;
+
+/// Everything a session needs from the server's settings, shared by all sessions.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Per-session limits.
+    pub limits: SessionLimits,
+    /// Registry limits (TTL and idle timeout are reported to the client).
+    pub registry: RegistryLimits,
+    /// Pipeline layout and backpressure.
+    pub pipeline: PipelineSettings,
+    /// Level meter settings.
+    pub level: LevelSettings,
+}
+
+/// What the pipeline sends back to its session. Delivered with `do_send`: the volume is
+/// bounded by the session's own audio in flight (the mailboxes upstream), not by this queue.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub enum PipelineOutput {
+    /// Events from processors, in order.
+    Events(Vec<crate::protocol::ServerEvent>),
+    /// Pipeline audio for `return_audio` (16 kHz mono).
+    Audio(Arc<[f32]>),
+    /// Everything before the last `Flush` went through; every event of it precedes this.
+    Flushed {
+        /// Audio through the pipeline so far, ms.
+        audio_ms: u64,
+    },
+    /// A stage failed; the session cannot go on.
+    Failed,
+}
+
+/// The registry asks the session to end, telling the client why.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Expire {
+    /// Reported in `session.closed`; decides the close code.
+    pub reason: CloseReason,
+}
+
+/// Who asked for a flush: only a client's `flush` is answered with `flushed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FlushKind {
+    /// The client sent `flush`.
+    Requested,
+    /// The session is closing.
+    Closing,
+}
+
+/// One WebSocket client and its pipeline.
+pub struct Session {
+    id: Uuid,
+    peer: IpAddr,
+    params: StreamParams,
+    config: Arc<SessionConfig>,
+    catalog: Arc<ProcessorCatalog>,
+    registry: Addr<SessionRegistry>,
+    counters: Arc<SessionCounters>,
+    pipeline: Option<Pipeline>,
+    /// Binary frames received, valid or not: the next frame's `seq`.
+    binary_frames: u64,
+    /// Last frame of any kind from the client (heartbeat).
+    last_heard: Instant,
+    /// Set once the session is ending; further audio is refused.
+    closing: Option<CloseReason>,
+    /// Flushes sent to the pipeline and not yet answered, oldest first.
+    flushes: VecDeque<FlushKind>,
+    span: tracing::Span,
+}
+
+impl Session {
+    /// A session admitted by the registry under `id`.
+    pub fn new(
+        id: Uuid,
+        peer: IpAddr,
+        params: StreamParams,
+        config: Arc<SessionConfig>,
+        catalog: Arc<ProcessorCatalog>,
+        registry: Addr<SessionRegistry>,
+    ) -> Self {
+        let span = tracing::info_span!("session", id = %id);
+        Self {
+            id,
+            peer,
+            params,
+            config,
+            catalog,
+            registry,
+            counters: Arc::new(SessionCounters::new()),
+            pipeline: None,
+            binary_frames: 0,
+            last_heard: Instant::now(),
+            closing: None,
+            flushes: VecDeque::new(),
+            span,
+        }
+    }
+
+    fn send_event(&self, ctx: &mut ws::WebsocketContext<Self>, event: &ServerEvent) {
+        ctx.text(event.to_json());
+    }
+
+    /// Sends an error event, logging it under a fresh correlation id. Fatal errors end the
+    /// session with the error's close code, without waiting for the pipeline.
+    fn report(&mut self, ctx: &mut ws::WebsocketContext<Self>, error: SessionError) {
+        let correlation_id = Uuid::new_v4();
+        let close = error.close_code();
+        self.span.in_scope(|| {
+            if close.is_some() {
+                warn!(%correlation_id, code = error.code(), "{error}");
+            } else {
+                info!(%correlation_id, code = error.code(), "{error}");
+            }
+        });
+        let seq = match error {
+            SessionError::AudioDropped { seq } => Some(seq),
+            _ => None,
+        };
+        self.send_event(
+            ctx,
+            &ServerEvent::Error {
+                code: error.code(),
+                message: error.to_string(),
+                correlation_id,
+                fatal: close.is_some(),
+                seq,
+            },
+        );
+        if let Some(code) = close {
+            self.finish(ctx, CloseReason::Error, code);
+        }
+    }
+
+    /// Sends `session.closed` and closes with `code`.
+    fn finish(&mut self, ctx: &mut ws::WebsocketContext<Self>, reason: CloseReason, code: u16) {
+        self.closing = Some(reason);
+        let stats = self.counters.stats();
+        self.send_event(ctx, &ServerEvent::SessionClosed { reason, stats });
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::from(code),
+            description: None,
+        }));
+        self.span
+            .in_scope(|| info!(?reason, code, ?stats, "session closed"));
+        ctx.stop();
+    }
+
+    /// Begins an orderly end: flush, then `session.closed` once the pipeline has drained.
+    /// A pipeline that cannot drain within the heartbeat timeout is closed anyway.
+    fn begin_close(&mut self, ctx: &mut ws::WebsocketContext<Self>, reason: CloseReason) {
+        if self.closing.is_some() {
+            return;
+        }
+        self.closing = Some(reason);
+        self.flush(ctx, FlushKind::Closing);
+        let deadline = Duration::from_secs(self.config.limits.heartbeat_timeout_s);
+        ctx.run_later(deadline, move |act, ctx| {
+            act.span.in_scope(|| {
+                warn!(?reason, "pipeline did not drain in time; closing without flush")
+            });
+            act.finish(ctx, reason, reason.close_code());
+        });
+    }
+
+    fn flush(&mut self, ctx: &mut ws::WebsocketContext<Self>, kind: FlushKind) {
+        let Some(pipeline) = &self.pipeline else {
+            return;
+        };
+        self.flushes.push_back(kind);
+        let resampler = pipeline.resampler.clone();
+        match resampler.try_send(Flush) {
+            Ok(()) => {}
+            // Control is never dropped: wait for room, reading nothing meanwhile.
+            Err(SendError::Full(msg)) => ctx.wait(resampler.send(msg).into_actor(self).map(
+                |res, act, ctx| {
+                    if res.is_err() {
+                        act.report(ctx, SessionError::Internal);
+                    }
+                },
+            )),
+            Err(SendError::Closed(_)) => self.report(ctx, SessionError::Internal),
+        }
+    }
+
+    fn on_audio(&mut self, ctx: &mut ws::WebsocketContext<Self>, data: Bytes) {
+        let seq = self.binary_frames;
+        self.binary_frames += 1;
+        if self.closing.is_some() {
+            return self.report(ctx, SessionError::AudioAfterStop);
+        }
+        let input = self.params.input;
+        if data.is_empty() {
+            return self.report(ctx, SessionError::EmptyAudioFrame);
+        }
+        if data.len() % input.frame_bytes() != 0 {
+            return self.report(
+                ctx,
+                SessionError::PartialSampleFrame {
+                    len: data.len(),
+                    frame_bytes: input.frame_bytes(),
+                    channels: input.channels,
+                    encoding: input.encoding.as_str(),
+                },
+            );
+        }
+        self.counters.touch();
+        self.counters.chunks_in.fetch_add(1, Relaxed);
+        let Some(pipeline) = &self.pipeline else {
+            return self.report(ctx, SessionError::Internal);
+        };
+        let resampler = pipeline.resampler.clone();
+        let len = data.len();
+        let inflight = self.counters.inflight_bytes.load(Relaxed);
+        // Over the byte bound counts as full, unless nothing is in flight (one frame of up
+        // to `max_binary_frame_bytes` is always accepted).
+        let over = inflight > 0 && inflight + len > self.config.pipeline.max_inflight_bytes.get();
+        let chunk = AudioChunk { data };
+        let refused = if over {
+            Some(chunk)
+        } else {
+            self.counters.inflight_bytes.fetch_add(len, Relaxed);
+            match resampler.try_send(chunk) {
+                Ok(()) => None,
+                Err(SendError::Full(chunk)) => {
+                    self.counters.inflight_bytes.fetch_sub(len, Relaxed);
+                    Some(chunk)
+                }
+                Err(SendError::Closed(_)) => return self.report(ctx, SessionError::Internal),
+            }
+        };
+        let Some(chunk) = refused else {
+            return;
+        };
+        match self.config.pipeline.backpressure {
+            BackpressurePolicy::Block => {
+                // Reading stops until the pipeline took this chunk: TCP pushes back.
+                self.counters.inflight_bytes.fetch_add(len, Relaxed);
+                ctx.wait(resampler.send(chunk).into_actor(self).map(|res, act, ctx| {
+                    if res.is_err() {
+                        act.report(ctx, SessionError::Internal);
+                    }
+                }));
+            }
+            BackpressurePolicy::DropNewest => {
+                self.counters.chunks_dropped.fetch_add(1, Relaxed);
+                self.report(ctx, SessionError::AudioDropped { seq });
+            }
+        }
+    }
+
+    fn on_text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: &str) {
+        let max = self.config.limits.max_text_frame_bytes;
+        if text.len() > max {
+            return self.report(ctx, SessionError::TextFrameTooLarge { max });
+        }
+        match ClientMessage::parse(text) {
+            Ok(ClientMessage::Ping { id }) => {
+                self.counters.touch();
+                self.send_event(ctx, &ServerEvent::Pong { id });
+            }
+            Ok(ClientMessage::Flush) => {
+                if self.closing.is_none() {
+                    self.flush(ctx, FlushKind::Requested);
+                }
+            }
+            Ok(ClientMessage::Stop) => self.begin_close(ctx, CloseReason::ClientStop),
+            Err(e) => self.report(ctx, e),
+        }
+    }
+
+    fn limits_info(&self) -> SessionLimitsInfo {
+        let c = &self.config;
+        SessionLimitsInfo {
+            max_binary_frame_bytes: c.limits.max_binary_frame_bytes,
+            max_text_frame_bytes: c.limits.max_text_frame_bytes,
+            session_ttl_s: c.registry.session_ttl_s,
+            idle_timeout_s: c.registry.idle_timeout_s,
+            heartbeat_interval_s: c.limits.heartbeat_interval_s,
+            heartbeat_timeout_s: c.limits.heartbeat_timeout_s,
+            mailbox_capacity: c.pipeline.mailbox_capacity.get(),
+            max_inflight_bytes: c.pipeline.max_inflight_bytes.get(),
+            backpressure: c.pipeline.backpressure,
+        }
+    }
+
+    /// Pings the client every `heartbeat_interval_s`; drops it when nothing was heard for
+    /// `heartbeat_timeout_s` (a vanished client cannot be told anything).
+    fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
+        let every = Duration::from_secs(self.config.limits.heartbeat_interval_s);
+        let timeout = Duration::from_secs(self.config.limits.heartbeat_timeout_s);
+        ctx.run_interval(every, move |act, ctx| {
+            if act.last_heard.elapsed() > timeout {
+                act.span.in_scope(|| {
+                    info!(peer = %act.peer, "client stopped answering heartbeats; dropping it")
+                });
+                ctx.stop();
+            } else {
+                ctx.ping(b"");
+            }
+        });
+    }
+}
+
+impl Actor for Session {
+    type Context = ws::WebsocketContext<Self>;
+
+    /// Builds the pipeline, registers, and greets the client.
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let sink = ctx.address().recipient();
+        match Pipeline::start(
+            self.id,
+            &self.params,
+            &self.config,
+            &self.catalog,
+            sink,
+            self.counters.clone(),
+        ) {
+            Ok(pipeline) => self.pipeline = Some(pipeline),
+            Err(e) => {
+                self.span
+                    .in_scope(|| warn!(error = %e, "pipeline could not start"));
+                return self.report(ctx, SessionError::Internal);
+            }
+        }
+        self.registry.do_send(Register {
+            id: self.id,
+            session: ctx.address().recipient(),
+            counters: self.counters.clone(),
+        });
+        self.span
+            .in_scope(|| info!(peer = %self.peer, input = ?self.params.input, "session started"));
+        let started = ServerEvent::SessionStarted {
+            session_id: self.id,
+            input: self.params.input,
+            pipeline: PipelineFormat::default(),
+            vad: self.params.vad,
+            limits: self.limits_info(),
+        };
+        self.send_event(ctx, &started);
+        self.heartbeat(ctx);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.registry.do_send(Unregister { id: self.id });
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
+    /// Dispatches every frame kind; protocol errors end the session.
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.last_heard = Instant::now();
+        match msg {
+            Ok(ws::Message::Binary(data)) => self.on_audio(ctx, data),
+            Ok(ws::Message::Text(text)) => self.on_text(ctx, &text),
+            Ok(ws::Message::Ping(payload)) => {
+                self.counters.touch();
+                ctx.pong(&payload);
+            }
+            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
+            Ok(ws::Message::Close(reason)) => {
+                self.span
+                    .in_scope(|| info!(?reason, "client closed the connection"));
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Ok(ws::Message::Continuation(_)) => self.report(ctx, SessionError::FragmentedMessage),
+            Err(ws::ProtocolError::Overflow) => self.report(
+                ctx,
+                SessionError::FrameTooLarge {
+                    max_binary: self.config.limits.max_binary_frame_bytes,
+                    max_text: self.config.limits.max_text_frame_bytes,
+                },
+            ),
+            Err(_) => self.report(ctx, SessionError::Protocol),
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<PipelineOutput> for Session {
+    type Result = ();
+
+    /// Turns pipeline output into frames for the client.
+    fn handle(&mut self, msg: PipelineOutput, ctx: &mut Self::Context) {
+        match msg {
+            PipelineOutput::Events(events) => {
+                for event in &events {
+                    self.send_event(ctx, event);
+                }
+            }
+            PipelineOutput::Audio(samples) => ctx.binary(to_s16le(&samples)),
+            PipelineOutput::Flushed { audio_ms } => {
+                if self.flushes.pop_front() == Some(FlushKind::Requested) {
+                    self.send_event(ctx, &ServerEvent::Flushed { audio_ms });
+                }
+                if let (Some(reason), true) = (self.closing, self.flushes.is_empty()) {
+                    self.finish(ctx, reason, reason.close_code());
+                }
+            }
+            PipelineOutput::Failed => self.report(ctx, SessionError::Internal),
+        }
+    }
+}
+
+impl Handler<Expire> for Session {
+    type Result = ();
+
+    /// Ends the session for the registry's reason, after flushing.
+    fn handle(&mut self, msg: Expire, ctx: &mut Self::Context) {
+        self.begin_close(ctx, msg.reason);
+    }
+}
+
+/// Pipeline audio as 16-bit little-endian PCM, clipped to full scale.
+fn to_s16le(samples: &[f32]) -> Bytes {
+    let mut out = Vec::with_capacity(samples.len() * 2);
+    for &s in samples {
+        let v = (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16;
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    Bytes::from(out)
+}

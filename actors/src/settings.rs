@@ -1,0 +1,88 @@
+//! The actors' tunables. The server composes these into its one `Settings` struct; every
+//! field is documented with its unit and bound in `config/default.toml`, and validated by
+//! the server at startup.
+
+use serde::{Deserialize, Serialize};
+use std::num::NonZeroUsize;
+
+/// What a session does when the first pipeline stage is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackpressurePolicy {
+    /// Stop reading the client's socket until the stage has room. TCP pushes back on the
+    /// client; nothing is lost; a client that sends faster than real time is slowed down.
+    Block,
+    /// Drop the chunk that did not fit, count it, and tell the client with a non-fatal
+    /// `audio_dropped` error naming the chunk's `seq`. Latency stays low; audio is lost.
+    DropNewest,
+}
+
+/// The audio pipeline behind each session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSettings {
+    /// Processors run on every session, by name, in this order.
+    pub processors: Vec<String>,
+    /// Mailbox capacity of every stage (resampler and each processor), in messages.
+    pub mailbox_capacity: NonZeroUsize,
+    /// Client audio accepted but not yet resampled, per session, in bytes. Together with
+    /// `mailbox_capacity` this bounds what a flooding client can make the server hold.
+    pub max_inflight_bytes: NonZeroUsize,
+    /// What happens when the pipeline is behind.
+    pub backpressure: BackpressurePolicy,
+}
+
+/// Voice activity detection defaults; a client may override each per session.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VadSettings {
+    /// Speech probability (0..1) at or above which a 16 ms frame counts as speech.
+    pub threshold: f32,
+    /// Silence that ends a speech segment, in milliseconds.
+    pub silence_ms: u32,
+    /// Speech shorter than this is not reported, in milliseconds.
+    pub min_speech_ms: u32,
+}
+
+/// The `level` processor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LevelSettings {
+    /// Interval between `level` events, in milliseconds of audio; 0 turns them off.
+    pub interval_ms: u32,
+}
+
+/// Limits on one WebSocket session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionLimits {
+    /// Largest binary (audio) frame accepted, in bytes; larger closes with 1009.
+    pub max_binary_frame_bytes: usize,
+    /// Largest text (control) frame accepted, in bytes; larger closes with 1009.
+    pub max_text_frame_bytes: usize,
+    /// How often the server pings the client, in seconds.
+    pub heartbeat_interval_s: u64,
+    /// A client silent for this long (no frame of any kind, not even a pong) is dropped, in seconds.
+    pub heartbeat_timeout_s: u64,
+}
+
+/// Limits the registry enforces across sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryLimits {
+    /// Sessions alive at once on this server; more get 503 `server_full`.
+    pub max_sessions: usize,
+    /// Sessions alive at once from one client address; more get 429 `too_many_sessions`.
+    pub max_sessions_per_ip: usize,
+    /// Memory the sessions may reserve together, in MiB; each session reserves its
+    /// worst case (see `docs/protocol.md`). More get 503 `memory_budget_exceeded`.
+    pub memory_budget_mb: usize,
+    /// Longest a session may live, in seconds; then it is closed with 4001 `ttl_expired`.
+    pub session_ttl_s: u64,
+    /// Longest a session may go without audio or a client ping, in seconds; then 4000 `idle_timeout`.
+    pub idle_timeout_s: u64,
+    /// How often the registry checks TTL and idle time, in milliseconds.
+    pub sweep_interval_ms: u64,
+    /// How long an admitted client has to finish the WebSocket upgrade, in seconds.
+    pub handshake_timeout_s: u64,
+}
