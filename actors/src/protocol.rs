@@ -48,7 +48,10 @@ where
         Ok(v) if v >= lo && v <= hi => Ok(Some(v)),
         _ => Err(invalid(
             param,
-            format!("{param} must be a number in {lo}..={hi}; got \"{}\"", clip(raw)),
+            format!(
+                "{param} must be a number in {lo}..={hi}; got \"{}\"",
+                clip(raw)
+            ),
         )),
     }
 }
@@ -91,9 +94,13 @@ impl StreamParams {
                 ),
             ));
         }
-        let sample_rate = parse_in_range(query, "sample_rate", SAMPLE_RATE_RANGE)?.ok_or_else(
-            || invalid("sample_rate", "sample_rate is required: 8000..=192000 (Hz)".into()),
-        )?;
+        let sample_rate =
+            parse_in_range(query, "sample_rate", SAMPLE_RATE_RANGE)?.ok_or_else(|| {
+                invalid(
+                    "sample_rate",
+                    "sample_rate is required: 8000..=192000 (Hz)".into(),
+                )
+            })?;
         let channels = parse_in_range(query, "channels", CHANNELS_RANGE)?
             .ok_or_else(|| invalid("channels", "channels is required: 1..=8".into()))?;
         let encoding = match query.get("encoding") {
@@ -106,7 +113,10 @@ impl StreamParams {
             Some(e) => Encoding::parse(e).ok_or_else(|| {
                 invalid(
                     "encoding",
-                    format!("encoding must be pcm_s16le or pcm_f32le; got \"{}\"", clip(e)),
+                    format!(
+                        "encoding must be pcm_s16le or pcm_f32le; got \"{}\"",
+                        clip(e)
+                    ),
                 )
             })?,
         };
@@ -116,7 +126,10 @@ impl StreamParams {
             Some(other) => {
                 return Err(invalid(
                     "return_audio",
-                    format!("return_audio must be true or false; got \"{}\"", clip(other)),
+                    format!(
+                        "return_audio must be true or false; got \"{}\"",
+                        clip(other)
+                    ),
                 ))
             }
         };
@@ -160,8 +173,13 @@ impl ClientMessage {
     /// Parses a text frame. Errors name the problem without echoing the input back.
     pub fn parse(text: &str) -> Result<Self, SessionError> {
         let value: Value = serde_json::from_str(text).map_err(|e| SessionError::InvalidJson {
-            detail: format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column())
-                .to_lowercase(),
+            detail: format!(
+                "{:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+            .to_lowercase(),
         })?;
         let Value::Object(mut map) = value else {
             return Err(SessionError::MissingType);

@@ -7,9 +7,9 @@ use crate::processor::{FlushStage, ProcessorStage};
 use crate::session::PipelineOutput;
 use actix::prelude::*;
 use bytes::Bytes;
-use std::sync::atomic::Ordering::Relaxed;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 /// Blocks still to be delivered to full processor mailboxes.
@@ -93,9 +93,7 @@ impl Resampler {
     /// Cuts `self.out` into blocks (all of it when `all`, else only whole blocks).
     fn take_blocks(&mut self, all: bool, blocks: &mut Vec<AudioBlock>) {
         let mut from = 0;
-        while self.out.len() - from >= MAX_BLOCK_SAMPLES
-            || (all && from < self.out.len())
-        {
+        while self.out.len() - from >= MAX_BLOCK_SAMPLES || (all && from < self.out.len()) {
             let to = (from + MAX_BLOCK_SAMPLES).min(self.out.len());
             let start = self.counters.pipeline_samples.load(Relaxed);
             let samples: Arc<[f32]> = Arc::from(&self.out[from..to]);

@@ -187,7 +187,10 @@ impl Session {
         let deadline = Duration::from_secs(self.config.limits.heartbeat_timeout_s);
         ctx.run_later(deadline, move |act, ctx| {
             act.span.in_scope(|| {
-                warn!(?reason, "pipeline did not drain in time; closing without flush")
+                warn!(
+                    ?reason,
+                    "pipeline did not drain in time; closing without flush"
+                )
             });
             act.finish(ctx, reason, reason.close_code());
         });
@@ -202,13 +205,13 @@ impl Session {
         match resampler.try_send(Flush) {
             Ok(()) => {}
             // Control is never dropped: wait for room, reading nothing meanwhile.
-            Err(SendError::Full(msg)) => ctx.wait(resampler.send(msg).into_actor(self).map(
-                |res, act, ctx| {
+            Err(SendError::Full(msg)) => {
+                ctx.wait(resampler.send(msg).into_actor(self).map(|res, act, ctx| {
                     if res.is_err() {
                         act.report(ctx, SessionError::Internal);
                     }
-                },
-            )),
+                }))
+            }
             Err(SendError::Closed(_)) => self.report(ctx, SessionError::Internal),
         }
     }
@@ -321,9 +324,9 @@ impl Session {
         let timeout = Duration::from_secs(self.config.limits.heartbeat_timeout_s);
         ctx.run_interval(every, move |act, ctx| {
             if act.last_heard.elapsed() > timeout {
-                act.span.in_scope(|| {
-                    info!(peer = %act.peer, "client stopped answering heartbeats; dropping it")
-                });
+                act.span.in_scope(
+                    || info!(peer = %act.peer, "client stopped answering heartbeats; dropping it"),
+                );
                 ctx.stop();
             } else {
                 ctx.ping(b"");

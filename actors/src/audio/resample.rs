@@ -13,9 +13,8 @@
 use super::PIPELINE_RATE;
 use rubato::audioadapter_buffers::direct::InterleavedSlice;
 use rubato::{
-    Async, Fft, FixedAsync, FixedSync, Indexing, ResampleError,
-    ResamplerConstructionError, SincInterpolationParameters, SincInterpolationType,
-    WindowFunction,
+    Async, Fft, FixedAsync, FixedSync, Indexing, ResampleError, ResamplerConstructionError,
+    SincInterpolationParameters, SincInterpolationType, WindowFunction,
 };
 
 /// Output block size (in 16 kHz frames) the FFT resampler aims for: 10 ms. Smaller blocks
@@ -228,18 +227,20 @@ impl StreamResampler {
             // that long (capacity is already there, so this does not allocate).
             self.staged.resize(self.block_in, 0.0);
         }
-        let input = InterleavedSlice::new(&self.staged[..], 1, self.block_in)
-            .map_err(|_| ResampleError::InsufficientInputBufferSize {
+        let input = InterleavedSlice::new(&self.staged[..], 1, self.block_in).map_err(|_| {
+            ResampleError::InsufficientInputBufferSize {
                 expected: self.block_in,
                 actual: self.staged.len(),
-            })?;
+            }
+        })?;
         let frames = self.scratch.len();
-        let mut output = InterleavedSlice::new_mut(&mut self.scratch[..], 1, frames).map_err(
-            |_| ResampleError::InsufficientOutputBufferSize {
-                expected: frames,
-                actual: frames,
-            },
-        )?;
+        let mut output =
+            InterleavedSlice::new_mut(&mut self.scratch[..], 1, frames).map_err(|_| {
+                ResampleError::InsufficientOutputBufferSize {
+                    expected: frames,
+                    actual: frames,
+                }
+            })?;
         let indexing = partial.map(|p| Indexing::new().partial_len(p));
         let (_, produced) = inner.process_into_buffer(&input, &mut output, indexing.as_ref())?;
         let skip = self.delay_left.min(produced);

@@ -64,18 +64,23 @@ impl VadProcessor {
             (State::Silence, false) => State::Silence,
             (State::Silence, true) => Self::promote(start, end, min_speech, events),
             (State::Candidate { start: s, .. }, true) => Self::promote(s, end, min_speech, events),
-            (State::Candidate { last_speech_end, .. }, false)
-                if end - last_speech_end >= silence =>
-            {
-                State::Silence
-            }
+            (
+                State::Candidate {
+                    last_speech_end, ..
+                },
+                false,
+            ) if end - last_speech_end >= silence => State::Silence,
             (State::Speech { start: s, .. }, true) => State::Speech {
                 start: s,
                 last_speech_end: end,
             },
-            (State::Speech { start: s, last_speech_end }, false)
-                if end - last_speech_end >= silence =>
-            {
+            (
+                State::Speech {
+                    start: s,
+                    last_speech_end,
+                },
+                false,
+            ) if end - last_speech_end >= silence => {
                 events.push(end_event(s, last_speech_end));
                 State::Silence
             }

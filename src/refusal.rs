@@ -1,0 +1,32 @@
+//! HTTP refusals before the WebSocket upgrade: `{"error":{"code","message","correlation_id"}}`.
+
+use actix_web::http::StatusCode;
+use actix_web::HttpResponse;
+use serde_json::json;
+use uuid::Uuid;
+use voxrt_actors::error::AdmissionError;
+
+/// Answers a refused client, logging the refusal under the correlation id it returns.
+pub fn refuse(error: &AdmissionError, peer: Option<std::net::IpAddr>) -> HttpResponse {
+    let correlation_id = Uuid::new_v4();
+    let status =
+        StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if status.is_server_error() && !matches!(error, AdmissionError::Internal) {
+        tracing::info!(%correlation_id, code = error.code(), ?peer, status = status.as_u16(), "refused: {error}");
+    } else if status.is_server_error() {
+        tracing::error!(%correlation_id, code = error.code(), ?peer, "refused: {error}");
+    } else {
+        tracing::info!(%correlation_id, code = error.code(), ?peer, status = status.as_u16(), "refused: {error}");
+    }
+    let mut response = HttpResponse::build(status);
+    if let Some(secs) = error.retry_after_s() {
+        response.insert_header(("Retry-After", secs.to_string()));
+    }
+    response.json(json!({
+        "error": {
+            "code": error.code(),
+            "message": error.to_string(),
+            "correlation_id": correlation_id,
+        }
+    }))
+}

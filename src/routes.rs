@@ -1,0 +1,76 @@
+//! HTTP routes: `GET /v1/stream` (admission, then WebSocket upgrade).
+
+use crate::refusal::refuse;
+use crate::AppState;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use std::collections::HashMap;
+use voxrt_actors::error::AdmissionError;
+use voxrt_actors::protocol::StreamParams;
+use voxrt_actors::registry::{Admit, Unregister};
+use voxrt_actors::session::Session;
+
+/// Registers the routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/stream", web::get().to(stream));
+}
+
+/// `GET /v1/stream`: validates the upgrade and the parameters, asks the registry for a slot,
+/// then hands the connection to a new [`Session`]. Every refusal happens here, before the
+/// upgrade, as HTTP with a JSON body.
+async fn stream(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let peer = req.peer_addr().map(|a| a.ip());
+    if ws::handshake(&req).is_err() {
+        return refuse(&AdmissionError::NotWebSocket, peer);
+    }
+    let query = match web::Query::<HashMap<String, String>>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(_) => {
+            let error = AdmissionError::InvalidParameter {
+                param: "query",
+                message: "the query string is not valid URL encoding".into(),
+            };
+            return refuse(&error, peer);
+        }
+    };
+    let params = match StreamParams::from_query(&query, &state.settings.vad) {
+        Ok(p) => p,
+        Err(e) => return refuse(&e, peer),
+    };
+    let Some(peer) = peer else {
+        return refuse(&AdmissionError::Internal, None);
+    };
+    let id = match state.registry.send(Admit { peer }).await {
+        Ok(Ok(id)) => id,
+        Ok(Err(e)) => return refuse(&e, Some(peer)),
+        Err(_) => return refuse(&AdmissionError::Internal, Some(peer)),
+    };
+    let limits = &state.settings.session;
+    let session = Session::new(
+        id,
+        peer,
+        params,
+        state.session_config.clone(),
+        state.catalog.clone(),
+        state.registry.clone(),
+    );
+    match ws::WsResponseBuilder::new(session, &req, payload)
+        .frame_size(
+            limits
+                .max_binary_frame_bytes
+                .max(limits.max_text_frame_bytes),
+        )
+        .start()
+    {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::warn!(session = %id, error = %e, "WebSocket upgrade failed");
+            state.registry.do_send(Unregister { id });
+            refuse(&AdmissionError::NotWebSocket, Some(peer))
+        }
+    }
+}

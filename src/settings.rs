@@ -1,0 +1,362 @@
+//! The server's one typed configuration, loaded in layers and validated at startup.
+//!
+//! Layers, last wins: embedded `config/default.toml` -> embedded profile file
+//! (`VOXRT_PROFILE`: development | production | test) -> the file named by `VOXRT_CONFIG`
+//! -> `VOXRT_<SECTION>__<KEY>` environment variables. Unknown keys are errors, and
+//! [`Settings::validate`] names the bad key, its value and the allowed range.
+
+use config::{Config, Environment, File, FileFormat};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt::Display;
+use thiserror::Error;
+use voxrt_actors::processors::ProcessorCatalog;
+use voxrt_actors::resampler::MAX_BLOCK_SAMPLES;
+use voxrt_actors::settings::{
+    LevelSettings, PipelineSettings, RegistryLimits, SessionLimits, VadSettings,
+};
+
+const DEFAULT: &str = include_str!("../config/default.toml");
+const PROFILES: [(&str, &str); 3] = [
+    ("development", include_str!("../config/development.toml")),
+    ("production", include_str!("../config/production.toml")),
+    ("test", include_str!("../config/test.toml")),
+];
+/// Environment variables that pick files rather than set keys.
+const ENV_SELECTORS: [&str; 2] = ["VOXRT_PROFILE", "VOXRT_CONFIG"];
+
+/// Everything voxrt can be configured with; `config/default.toml` documents each key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Listening and process lifetime.
+    pub server: ServerSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// Limits across sessions.
+    pub registry: RegistryLimits,
+    /// Limits per session.
+    pub session: SessionLimits,
+    /// The audio pipeline.
+    pub pipeline: PipelineSettings,
+    /// VAD defaults.
+    pub vad: VadSettings,
+    /// Level meter.
+    pub level: LevelSettings,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Listen address.
+    pub host: String,
+    /// Listen port; 0 = OS-picked.
+    pub port: u16,
+    /// Worker threads; 0 = one per core.
+    pub workers: usize,
+    /// Seconds sessions get to close on shutdown.
+    pub shutdown_grace_s: u64,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// tracing filter directive.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    /// `VOXRT_PROFILE` names no profile.
+    #[error("VOXRT_PROFILE=\"{0}\" is not a profile; use development, production or test")]
+    UnknownProfile(String),
+    /// A file or variable could not be read or does not fit the schema (unknown key, wrong type).
+    #[error("{0}")]
+    Load(#[from] config::ConfigError),
+    /// A value is out of range.
+    #[error("{key} = {value}: {allowed}")]
+    Invalid {
+        /// Dotted key, as in the TOML files.
+        key: &'static str,
+        /// The value found.
+        value: String,
+        /// What is allowed.
+        allowed: String,
+    },
+}
+
+fn check<T: PartialOrd + Display>(
+    key: &'static str,
+    value: T,
+    lo: T,
+    hi: T,
+    unit: &str,
+) -> Result<(), SettingsError> {
+    if value >= lo && value <= hi {
+        Ok(())
+    } else {
+        Err(SettingsError::Invalid {
+            key,
+            value: value.to_string(),
+            allowed: format!("must be in {lo}..={hi}{unit}"),
+        })
+    }
+}
+
+impl Settings {
+    /// Loads the layers for `profile` (`None`: `VOXRT_PROFILE`, else none) with the process
+    /// environment, then `overrides` (dotted key, value) on top. Not yet validated.
+    pub fn load(profile: Option<&str>, overrides: &[(&str, &str)]) -> Result<Self, SettingsError> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        Self::load_from(profile, &env, overrides)
+    }
+
+    /// [`Settings::load`] with an explicit environment (tests).
+    pub fn load_from(
+        profile: Option<&str>,
+        env: &HashMap<String, String>,
+        overrides: &[(&str, &str)],
+    ) -> Result<Self, SettingsError> {
+        let mut builder = Config::builder().add_source(File::from_str(DEFAULT, FileFormat::Toml));
+        let profile = profile
+            .map(str::to_owned)
+            .or_else(|| env.get("VOXRT_PROFILE").cloned())
+            .filter(|p| !p.is_empty());
+        if let Some(name) = profile {
+            let text = PROFILES
+                .iter()
+                .find(|(p, _)| *p == name)
+                .map(|(_, text)| *text)
+                .ok_or(SettingsError::UnknownProfile(name))?;
+            builder = builder.add_source(File::from_str(text, FileFormat::Toml));
+        }
+        if let Some(path) = env.get("VOXRT_CONFIG").filter(|p| !p.is_empty()) {
+            builder = builder.add_source(File::new(path, FileFormat::Toml));
+        }
+        let vars: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("VOXRT_") && !ENV_SELECTORS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        builder = builder.add_source(
+            Environment::with_prefix("VOXRT")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("pipeline.processors")
+                .source(Some(vars)),
+        );
+        for (key, value) in overrides {
+            builder = builder.set_override(*key, *value)?;
+        }
+        Ok(builder.build()?.try_deserialize()?)
+    }
+
+    /// Checks every value's range; `catalog` holds the processors that may be named.
+    pub fn validate(&self, catalog: &ProcessorCatalog) -> Result<(), SettingsError> {
+        let s = &self.server;
+        check("server.workers", s.workers, 0, 256, "")?;
+        check("server.shutdown_grace_s", s.shutdown_grace_s, 1, 3600, " s")?;
+        if s.host.parse::<std::net::IpAddr>().is_err() && s.host != "localhost" {
+            return Err(SettingsError::Invalid {
+                key: "server.host",
+                value: format!("\"{}\"", s.host),
+                allowed: "must be an IP address (e.g. 127.0.0.1, 0.0.0.0, ::) or localhost".into(),
+            });
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(SettingsError::Invalid {
+                key: "log.level",
+                value: format!("\"{}\"", self.log.level),
+                allowed: format!("must be a level or tracing filter directive ({e})"),
+            });
+        }
+        let r = &self.registry;
+        check("registry.max_sessions", r.max_sessions, 1, 100_000, "")?;
+        check(
+            "registry.max_sessions_per_ip",
+            r.max_sessions_per_ip,
+            1,
+            r.max_sessions,
+            " (registry.max_sessions)",
+        )?;
+        check(
+            "registry.memory_budget_mb",
+            r.memory_budget_mb,
+            16,
+            1 << 20,
+            " MiB",
+        )?;
+        check("registry.session_ttl_s", r.session_ttl_s, 1, 604_800, " s")?;
+        check("registry.idle_timeout_s", r.idle_timeout_s, 1, 86_400, " s")?;
+        check(
+            "registry.sweep_interval_ms",
+            r.sweep_interval_ms,
+            10,
+            60_000,
+            " ms",
+        )?;
+        check(
+            "registry.handshake_timeout_s",
+            r.handshake_timeout_s,
+            1,
+            300,
+            " s",
+        )?;
+        let l = &self.session;
+        check(
+            "session.max_binary_frame_bytes",
+            l.max_binary_frame_bytes,
+            1024,
+            16 << 20,
+            " bytes",
+        )?;
+        check(
+            "session.max_text_frame_bytes",
+            l.max_text_frame_bytes,
+            64,
+            1 << 20,
+            " bytes",
+        )?;
+        check(
+            "session.heartbeat_interval_s",
+            l.heartbeat_interval_s,
+            1,
+            3600,
+            " s",
+        )?;
+        check(
+            "session.heartbeat_timeout_s",
+            l.heartbeat_timeout_s,
+            l.heartbeat_interval_s + 1,
+            3600,
+            " s (more than session.heartbeat_interval_s)",
+        )?;
+        let p = &self.pipeline;
+        check(
+            "pipeline.mailbox_capacity",
+            p.mailbox_capacity.get(),
+            1,
+            4096,
+            "",
+        )?;
+        check(
+            "pipeline.max_inflight_bytes",
+            p.max_inflight_bytes.get(),
+            1024,
+            64 << 20,
+            " bytes",
+        )?;
+        if let Some(unknown) = p.processors.iter().find(|n| !catalog.contains(n)) {
+            return Err(SettingsError::Invalid {
+                key: "pipeline.processors",
+                value: format!("\"{unknown}\""),
+                allowed: format!(
+                    "is not a known processor; known: {}",
+                    catalog.names().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        let v = &self.vad;
+        check("vad.threshold", v.threshold, 0.0, 1.0, "")?;
+        let (lo, hi) = voxrt_actors::protocol::VAD_SILENCE_MS_RANGE;
+        check("vad.silence_ms", v.silence_ms, lo, hi, " ms")?;
+        let (lo, hi) = voxrt_actors::protocol::VAD_MIN_SPEECH_MS_RANGE;
+        check("vad.min_speech_ms", v.min_speech_ms, lo, hi, " ms")?;
+        if self.level.interval_ms != 0 {
+            check(
+                "level.interval_ms",
+                self.level.interval_ms,
+                10,
+                60_000,
+                " ms (or 0 for off)",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The most memory one session can make the server hold, in bytes: audio in flight
+    /// before the resampler, one frame being read, full processor mailboxes (and the
+    /// returned-audio queue) of at most 100 ms blocks, plus fixed per-session state.
+    pub fn session_worst_case_bytes(&self) -> usize {
+        const FIXED: usize = 64 << 10;
+        let stages = self.pipeline.processors.len() + 1;
+        let per_block = MAX_BLOCK_SAMPLES * std::mem::size_of::<f32>();
+        self.pipeline.max_inflight_bytes.get()
+            + self.session.max_binary_frame_bytes
+            + stages * (self.pipeline.mailbox_capacity.get() + 1) * per_block
+            + FIXED
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_defaults_are_valid_for_every_profile() {
+        let catalog = ProcessorCatalog::with_builtins();
+        for profile in [None, Some("development"), Some("production"), Some("test")] {
+            let s = Settings::load_from(profile, &env(&[]), &[]).unwrap();
+            s.validate(&catalog).unwrap();
+        }
+    }
+
+    #[test]
+    fn environment_overrides_keys_and_lists() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("VOXRT_SERVER__PORT", "9000"),
+                ("VOXRT_PIPELINE__PROCESSORS", "vad"),
+                ("VOXRT_PROFILE", "production"),
+            ]),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.server.port, 9000);
+        assert_eq!(s.pipeline.processors, vec!["vad".to_string()]);
+        assert_eq!(s.server.host, "0.0.0.0");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_it() {
+        let err = Settings::load_from(None, &env(&[("VOXRT_SERVER__PROT", "1")]), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_value_names_key_value_and_range() {
+        let s = Settings::load_from(None, &env(&[("VOXRT_VAD__THRESHOLD", "1.5")]), &[]).unwrap();
+        let err = s
+            .validate(&ProcessorCatalog::with_builtins())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "vad.threshold = 1.5: must be in 0..=1");
+    }
+}
