@@ -186,6 +186,8 @@ impl Handler<AudioChunk> for Resampler {
             .inflight_bytes
             .fetch_sub(chunk.data.len(), Relaxed);
         self.counters.chunks_processed.fetch_add(1, Relaxed);
+        // Audio that waited for room is activity too: a blocked session is not idle.
+        self.counters.touch();
         match self.forward(blocks) {
             Ok(None) => {}
             Ok(Some(backlog)) => ctx.wait(backlog.into_actor(self).map(|res, act, ctx| {

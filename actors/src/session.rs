@@ -182,6 +182,9 @@ impl Session {
         if self.closing.is_some() {
             return;
         }
+        if self.pipeline.is_none() {
+            return self.finish(ctx, reason, reason.close_code());
+        }
         self.closing = Some(reason);
         self.flush(ctx, FlushKind::Closing);
         let deadline = Duration::from_secs(self.config.limits.heartbeat_timeout_s);
@@ -270,6 +273,8 @@ impl Session {
                 // Reading stops until the pipeline took this chunk: TCP pushes back.
                 self.counters.inflight_bytes.fetch_add(len, Relaxed);
                 ctx.wait(resampler.send(chunk).into_actor(self).map(|res, act, ctx| {
+                    // We were not reading, so silence from the client meanwhile is ours.
+                    act.last_heard = Instant::now();
                     if res.is_err() {
                         act.report(ctx, SessionError::Internal);
                     }
