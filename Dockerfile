@@ -1,0 +1,34 @@
+# voxrt container image.
+#   docker build -t voxrt .
+#   docker run --rm -p 8080:8080 voxrt
+# Dependencies build in their own layer, so a change to voxrt's code rebuilds only voxrt.
+
+FROM rust:1.95-bookworm AS builder
+WORKDIR /build
+# 1. Dependencies only: manifests plus stub sources.
+COPY Cargo.toml Cargo.lock ./
+COPY actors/Cargo.toml actors/Cargo.toml
+RUN mkdir -p src actors/src \
+ && echo 'fn main() {}' > src/main.rs && touch src/lib.rs actors/src/lib.rs \
+ && cargo build --release --locked --bin voxrt \
+ && rm -rf src actors/src
+# 2. voxrt itself.
+COPY config config
+COPY src src
+COPY actors/src actors/src
+RUN touch src/main.rs src/lib.rs actors/src/lib.rs \
+ && cargo build --release --locked --bin voxrt
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home voxrt
+COPY --from=builder /build/target/release/voxrt /usr/local/bin/voxrt
+COPY config /etc/voxrt/config
+USER voxrt
+ENV VOXRT_PROFILE=production
+EXPOSE 8080
+# SIGTERM drains sessions within server.shutdown_grace_s (8 s), inside Docker's 10 s default.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/voxrt"]
