@@ -12,7 +12,7 @@ use voxrt::Settings;
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
-    /// Print the effective settings as TOML-like JSON and exit.
+    /// Print the effective settings (after every layer) as JSON and exit.
     #[arg(long)]
     print_config: bool,
 }

@@ -1,0 +1,183 @@
+//! The real `voxrt` binary as operators run it: startup validation, `--print-config`, and
+//! SIGTERM draining live sessions.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+/// A `voxrt` process on an OS-picked port, with JSON logs read on a thread.
+struct ServerProcess {
+    child: Child,
+    port: u16,
+    logs: mpsc::Receiver<Value>,
+}
+
+fn voxrt() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_voxrt"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("VOXRT_PROFILE", "test");
+    cmd
+}
+
+impl ServerProcess {
+    fn start(envs: &[(&str, &str)]) -> Self {
+        let mut child = voxrt()
+            .env("VOXRT_LOG__FORMAT", "json")
+            .env("VOXRT_LOG__LEVEL", "info")
+            .envs(envs.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("voxrt starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, logs) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut port = None;
+        while port.is_none() {
+            let line = logs.recv_timeout(HANG).expect("voxrt logs its address");
+            if line["message"] == "voxrt listening" {
+                let addr: std::net::SocketAddr =
+                    line["addr"].as_str().expect("addr").parse().expect("addr");
+                port = Some(addr.port());
+            }
+        }
+        ServerProcess {
+            child,
+            port: port.expect("port"),
+            logs,
+        }
+    }
+
+    fn url(&self, query: &str) -> String {
+        format!("ws://127.0.0.1:{}/v1/stream?{}", self.port, query)
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Waits for exit (bounded by the hang timeout) and returns the exit code.
+    fn wait(mut self) -> (Option<i32>, Vec<Value>) {
+        let deadline = std::time::Instant::now() + HANG;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                let logs = self.logs.try_iter().collect();
+                return (status.code(), logs);
+            }
+            assert!(std::time::Instant::now() < deadline, "voxrt did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An out-of-range value stops startup with exit code 2 and a message naming key, value and range.
+#[test]
+fn invalid_config_exits_2_naming_the_key() {
+    let out = voxrt()
+        .env("VOXRT_REGISTRY__MAX_SESSIONS", "0")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("registry.max_sessions = 0: must be in 1..=100000"),
+        "{stderr}"
+    );
+}
+
+/// A misspelt key is an error naming it, not a silently ignored setting.
+#[test]
+fn unknown_config_key_exits_2_naming_it() {
+    let out = voxrt()
+        .env("VOXRT_VAD__TRESHOLD", "0.3")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("treshold"), "{stderr}");
+}
+
+/// `--print-config` shows the effective settings after every layer.
+#[test]
+fn print_config_shows_effective_settings() {
+    let out = voxrt()
+        .arg("--print-config")
+        .env("VOXRT_VAD__SILENCE_MS", "700")
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let settings: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(settings["vad"]["silence_ms"], 700);
+    assert_eq!(settings["server"]["port"], 0, "test profile applied");
+    assert_eq!(settings["pipeline"]["processors"], json!(["level", "vad"]));
+}
+
+/// SIGTERM with sessions mid-stream: each gets its final events, then session.closed
+/// (server_shutdown) and close 1001, and the process exits 0.
+#[tokio::test]
+async fn sigterm_drains_sessions_and_exits_zero() {
+    let server = ServerProcess::start(&[]);
+    let (speech, rate) = audio::read_wav(audio::SPEECH);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c =
+            match Client::connect(&server.url("sample_rate=48000&channels=1&encoding=pcm_s16le"))
+                .await
+            {
+                Ok(c) => c,
+                Err(r) => panic!("refused: {r:?}"),
+            };
+        // Speech still open when the signal comes: its speech_end must arrive before closing.
+        let mut clip = audio::silence(rate, 0.5);
+        clip.extend(&speech[..speech.len() / 2]);
+        for chunk in audio::s16le(&clip, 1).chunks(1920) {
+            c.send_audio(chunk.to_vec()).await;
+        }
+        // A ping round trip proves the audio before it was read.
+        c.send_json(json!({"type": "ping", "id": 1})).await;
+        let mut ignored = Vec::new();
+        c.until("pong", &mut ignored).await;
+        clients.push(c);
+    }
+    server.signal("TERM");
+    for mut c in clients {
+        let (events, code) = c.drain().await;
+        let last = events.last().expect("events before close");
+        assert_eq!(last["type"], "session.closed", "{events:?}");
+        assert_eq!(last["reason"], "server_shutdown");
+        assert_eq!(code, Some(1001));
+        let segs = segments(&events);
+        assert_eq!(segs.len(), 1, "open speech closed at shutdown: {events:?}");
+        assert_eq!(
+            last["stats"]["chunks_in"],
+            last["stats"]["chunks_processed"]
+        );
+    }
+    let (code, _logs) = server.wait();
+    assert_eq!(code, Some(0));
+}
