@@ -6,6 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 use std::collections::HashMap;
 use voxrt_actors::error::AdmissionError;
+use voxrt_actors::intake::FramePacedPayload;
 use voxrt_actors::protocol::StreamParams;
 use voxrt_actors::registry::{Admit, Unregister};
 use voxrt_actors::session::Session;
@@ -58,7 +59,7 @@ async fn stream(
         state.catalog.clone(),
         state.registry.clone(),
     );
-    match ws::WsResponseBuilder::new(session, &req, payload)
+    match ws::WsResponseBuilder::new(session, &req, FramePacedPayload::new(payload))
         .frame_size(
             limits
                 .max_binary_frame_bytes

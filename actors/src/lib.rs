@@ -9,6 +9,7 @@
 //! - [`processors`]: the `Processor` trait, the catalog, and the built-ins `level` and `vad`.
 //! - [`audio`]: formats and the streaming resampler (plain DSP, no actors).
 //! - [`protocol`]: protocol v1 wire types; [`error`]: errors with stable client codes.
+//! - [`intake`]: paces WebSocket bytes into actix's decoder so it buffers at most a frame.
 //! - [`settings`]: the tunables the server's config feeds in; [`counters`]: shared counters.
 //!
 //! Data flows session -> resampler -> processors over bounded mailboxes; when a stage is
@@ -18,6 +19,7 @@
 pub mod audio;
 pub mod counters;
 pub mod error;
+pub mod intake;
 pub mod pipeline;
 pub mod processor;
 pub mod processors;

@@ -112,7 +112,7 @@ pub enum Received {
 
 /// A WebSocket client of protocol v1.
 pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: Ws,
     /// The `session.started` event.
     pub started: Value,
 }
@@ -175,25 +175,13 @@ impl Client {
 
     /// Next frame from the server (ws pings are answered by tungstenite and skipped).
     pub async fn recv(&mut self) -> Received {
-        loop {
-            let next = tokio::time::timeout(HANG, self.ws.next())
-                .await
-                .expect("receive hung");
-            match next {
-                None => return Received::Closed(None),
-                Some(Err(_)) => return Received::Closed(None),
-                Some(Ok(Message::Text(t))) => {
-                    return Received::Event(serde_json::from_str(&t).expect("server sends JSON"))
-                }
-                Some(Ok(Message::Binary(b))) => return Received::Audio(b.to_vec()),
-                Some(Ok(Message::Close(frame))) => {
-                    return Received::Closed(
-                        frame.map(|f| (u16::from(f.code), f.reason.to_string())),
-                    )
-                }
-                Some(Ok(_)) => continue,
-            }
-        }
+        next_received(&mut self.ws).await
+    }
+
+    /// Splits into a sender and a receiver usable from different tasks.
+    pub fn split(self) -> (ClientSink, ClientStream) {
+        let (sink, stream) = self.ws.split();
+        (ClientSink { sink }, ClientStream { stream })
     }
 
     /// Reads events until one of `kind` arrives (inclusive); returns them all. Audio frames
@@ -244,6 +232,64 @@ impl Client {
     }
 }
 
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The sending half of a [`Client`].
+pub struct ClientSink {
+    sink: futures_util::stream::SplitSink<Ws, Message>,
+}
+
+impl ClientSink {
+    pub async fn send_audio(&mut self, bytes: Vec<u8>) {
+        self.send(Message::Binary(bytes.into())).await;
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.send(Message::Text(v.to_string().into())).await;
+    }
+
+    pub async fn send(&mut self, msg: Message) {
+        tokio::time::timeout(HANG, self.sink.send(msg))
+            .await
+            .expect("send hung")
+            .expect("send failed");
+    }
+}
+
+/// The receiving half of a [`Client`].
+pub struct ClientStream {
+    stream: futures_util::stream::SplitStream<Ws>,
+}
+
+impl ClientStream {
+    pub async fn recv(&mut self) -> Received {
+        next_received(&mut self.stream).await
+    }
+}
+
+/// Next frame from the server (ws pings are answered by tungstenite and skipped).
+async fn next_received<S>(stream: &mut S) -> Received
+where
+    S: futures_util::Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    loop {
+        let next = tokio::time::timeout(HANG, stream.next())
+            .await
+            .expect("receive hung");
+        match next {
+            None | Some(Err(_)) => return Received::Closed(None),
+            Some(Ok(Message::Text(t))) => {
+                return Received::Event(serde_json::from_str(&t).expect("server sends JSON"))
+            }
+            Some(Ok(Message::Binary(b))) => return Received::Audio(b.to_vec()),
+            Some(Ok(Message::Close(frame))) => {
+                return Received::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+            }
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
 /// Events of one `type` (and, for vad, one `event`).
 pub fn of_type<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["type"] == kind).collect()
@@ -268,4 +314,201 @@ pub fn segments(events: &[Value]) -> Vec<(u64, u64)> {
         "speech_start without speech_end: {events:?}"
     );
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Added for tests/protocol.rs, tests/bad_input.rs, tests/registry.rs, tests/backpressure.rs.
+// ---------------------------------------------------------------------------------------------
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use voxrt::actors::processors::{Processor, ProcessorContext};
+use voxrt::actors::registry::{GetStats, RegistryStats};
+use voxrt::actors::{AudioBlock, ServerEvent};
+
+impl TestServer {
+    /// Like [`TestServer::start_with`] with an explicit environment map, for settings that
+    /// overrides cannot express, e.g. the list `("VOXRT_PIPELINE__PROCESSORS", "level,slow")`.
+    pub fn start_with_env(
+        env: &[(&str, &str)],
+        overrides: &[(&str, &str)],
+        catalog: ProcessorCatalog,
+    ) -> Self {
+        let env: std::collections::HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let settings =
+            voxrt::Settings::load_from(Some("test"), &env, overrides).expect("test settings load");
+        voxrt::logging::init(&settings.log);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = voxrt::start(settings, catalog)
+                    .await
+                    .expect("server starts");
+                ready_tx
+                    .send((server.addr, server.registry.clone()))
+                    .expect("test alive");
+                let _ = stop_rx.await;
+                server.shutdown().await;
+            });
+        });
+        let (addr, registry) = ready_rx.recv_timeout(HANG).expect("server ready");
+        TestServer {
+            addr,
+            registry,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// The registry's counters, asked of the registry actor itself.
+    pub async fn registry_stats(&self) -> RegistryStats {
+        tokio::time::timeout(HANG, self.registry.send(GetStats))
+            .await
+            .expect("GetStats hung")
+            .expect("registry answers GetStats")
+    }
+
+    /// Polls the registry until `cond` holds and returns the stats that satisfied it. Polls
+    /// every 10 ms (the sleep only spaces the polls; the condition decides); panics after
+    /// [`HANG`] with the last stats seen.
+    pub async fn wait_for_stats(
+        &self,
+        what: &str,
+        cond: impl Fn(&RegistryStats) -> bool,
+    ) -> RegistryStats {
+        let deadline = tokio::time::Instant::now() + HANG;
+        loop {
+            let stats = self.registry_stats().await;
+            if cond(&stats) {
+                return stats;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; last stats: {stats:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Client {
+    /// Like [`Client::send`] but returns the error instead of panicking: for sends that may
+    /// race with the server closing the connection.
+    pub async fn try_send(&mut self, msg: Message) -> Result<(), tungstenite::Error> {
+        tokio::time::timeout(HANG, self.ws.send(msg))
+            .await
+            .expect("send hung")
+    }
+
+    /// Queues every message and writes them with one flush, so they reach the server
+    /// back to back.
+    pub async fn send_batch(&mut self, msgs: Vec<Message>) {
+        tokio::time::timeout(HANG, async {
+            for m in msgs {
+                self.ws.feed(m).await?;
+            }
+            self.ws.flush().await
+        })
+        .await
+        .expect("send hung")
+        .expect("send failed");
+    }
+}
+
+/// `{"type":"ping","id":id}`.
+pub fn ping(id: Value) -> Value {
+    serde_json::json!({"type": "ping", "id": id})
+}
+
+/// The last `session.closed` event in `events` (panics if there is none).
+pub fn closed_event(events: &[Value]) -> &Value {
+    events
+        .iter()
+        .rev()
+        .find(|e| e["type"] == "session.closed")
+        .unwrap_or_else(|| panic!("no session.closed in {events:?}"))
+}
+
+/// `error` events with `code`.
+pub fn errors_with_code<'a>(events: &'a [Value], code: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "error" && e["code"] == code)
+        .collect()
+}
+
+/// Name under which [`slow_catalog`] registers [`SlowProcessor`].
+pub const SLOW: &str = "slow";
+
+/// Shared counters of every [`SlowProcessor`] a catalog builds, for the sessions whose input
+/// rate matches (or all sessions, see [`slow_catalog`]).
+#[derive(Debug, Default)]
+pub struct SlowProbe {
+    /// Pipeline samples handed to `process` so far.
+    pub samples: AtomicU64,
+    /// `process` calls so far.
+    pub blocks: AtomicU64,
+}
+
+impl SlowProbe {
+    pub fn samples(&self) -> u64 {
+        self.samples.load(Ordering::SeqCst)
+    }
+}
+
+/// A processor slower than real time: sleeps `per_block` in every `process` call (a CPU-heavy
+/// model stand-in). At flush it emits `{"type":"slow.flushed","samples":N,"t_ms":..}` with
+/// the pipeline samples it saw since the session started.
+pub struct SlowProcessor {
+    per_block: Duration,
+    seen: u64,
+    probe: Option<Arc<SlowProbe>>,
+}
+
+impl Processor for SlowProcessor {
+    fn process(&mut self, block: &AudioBlock, _events: &mut Vec<ServerEvent>) {
+        if !self.per_block.is_zero() {
+            std::thread::sleep(self.per_block);
+        }
+        self.seen += block.samples.len() as u64;
+        if let Some(p) = &self.probe {
+            p.samples
+                .fetch_add(block.samples.len() as u64, Ordering::SeqCst);
+            p.blocks.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn flush(&mut self, end_sample: u64, events: &mut Vec<ServerEvent>) {
+        events.push(ServerEvent::Custom(serde_json::json!({
+            "type": "slow.flushed",
+            "samples": self.seen,
+            "t_ms": end_sample / 16,
+        })));
+    }
+}
+
+/// The built-ins plus [`SLOW`]: a [`SlowProcessor`] sleeping `per_block` per block for
+/// sessions whose input sample rate is `only_rate` (every session when `None`); other
+/// sessions get a `SlowProcessor` that does not sleep and is not counted. Returns the probe
+/// counting what the sleeping processors saw.
+pub fn slow_catalog(
+    per_block: Duration,
+    only_rate: Option<u32>,
+) -> (ProcessorCatalog, Arc<SlowProbe>) {
+    let probe = Arc::new(SlowProbe::default());
+    let mut catalog = ProcessorCatalog::with_builtins();
+    let shared = probe.clone();
+    catalog.register(SLOW, move |ctx: &ProcessorContext| {
+        let slow = only_rate.is_none_or(|r| r == ctx.input.sample_rate);
+        Box::new(SlowProcessor {
+            per_block: if slow { per_block } else { Duration::ZERO },
+            seen: 0,
+            probe: slow.then(|| shared.clone()),
+        }) as Box<dyn Processor>
+    });
+    (catalog, probe)
 }
