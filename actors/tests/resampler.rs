@@ -1,7 +1,9 @@
 //! The streaming resampler's contract (see `src/audio/resample.rs`) and the public decode path.
 //!
 //! Everything here is deterministic: signals are synthesised and "random" chunk sizes and noise
-//! come from a fixed-seed xorshift generator.
+//! come from a fixed-seed xorshift generator. Run with
+//! `cargo test --release -p voxrt-actors --test resampler` (about a second; a debug build
+//! takes about a minute).
 
 use std::f64::consts::PI;
 use voxrt_actors::audio::{
@@ -306,13 +308,17 @@ fn impulse_peaks_at_its_input_time() {
             }
         }
     }
-    assert!(failures.is_empty(), "impulse misplaced:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "impulse misplaced:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// Residual delay (in 16 kHz samples) of a resampled `freq` tone, from the phase of a
-/// least-squares sine/cosine fit over the middle of the output; also returns the fitted
-/// amplitude. Positive means the output lags the input.
-fn tone_delay_and_amplitude(rate: u32, freq: f64, seconds: f64) -> (f64, f64) {
+/// least-squares sine/cosine fit over the middle of the output. Positive means the output
+/// lags the input.
+fn tone_delay(rate: u32, freq: f64, seconds: f64) -> f64 {
     let out = resample(rate, &tone(rate, freq, 0.5, frames_for(rate, seconds)));
     let skip = (0.1 * OUT_RATE) as usize;
     let (mut s, mut c) = (0.0, 0.0);
@@ -325,7 +331,7 @@ fn tone_delay_and_amplitude(rate: u32, freq: f64, seconds: f64) -> (f64, f64) {
     }
     let (a, b) = (2.0 * s / n, 2.0 * c / n);
     let phase = b.atan2(a);
-    (-phase / (2.0 * PI * freq) * OUT_RATE, a.hypot(b))
+    -phase / (2.0 * PI * freq) * OUT_RATE
 }
 
 /// A resampled 1 kHz tone is in phase with the ideal 16 kHz tone to within half an output
@@ -334,12 +340,18 @@ fn tone_delay_and_amplitude(rate: u32, freq: f64, seconds: f64) -> (f64, f64) {
 fn tone_phase_is_aligned_to_the_nearest_output_sample() {
     let mut failures = Vec::new();
     for rate in RATES {
-        let (delay, _) = tone_delay_and_amplitude(rate, 1000.0, 1.0);
+        let delay = tone_delay(rate, 1000.0, 1.0);
         if delay.abs() > 0.5 {
-            failures.push(format!("{rate} Hz: residual delay {delay:+.4} output samples"));
+            failures.push(format!(
+                "{rate} Hz: residual delay {delay:+.4} output samples"
+            ));
         }
     }
-    assert!(failures.is_empty(), "misaligned output:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "misaligned output:\n{}",
+        failures.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -356,6 +368,7 @@ fn alias_level_db(rate: u32, bad: f64) -> f64 {
 }
 
 /// At 48 kHz a 20 kHz tone (which would alias to 4 kHz) is at least 90 dB below a 1 kHz tone.
+// Measured with rubato 5.0.1: -147.4 dB.
 #[test]
 fn out_of_band_tone_at_48k_is_90_db_down() {
     let level = alias_level_db(48000, 20_000.0);
@@ -364,6 +377,8 @@ fn out_of_band_tone_at_48k_is_90_db_down() {
 
 /// Tones that would alias into the band (15 kHz at 44.1 kHz FFT and 44.101 kHz sinc, 9 kHz
 /// just above the output Nyquist at 48 kHz) are at least 80 dB below a 1 kHz tone.
+// Measured with rubato 5.0.1: 44.1 kHz/15 kHz -143.5 dB, 44.101 kHz/15 kHz -142.8 dB,
+// 48 kHz/9 kHz -148.5 dB.
 #[test]
 fn aliasing_tones_are_80_db_down() {
     for (rate, bad) in [(44100, 15_000.0), (44101, 15_000.0), (48000, 9_000.0)] {
@@ -378,6 +393,8 @@ fn aliasing_tones_are_80_db_down() {
 
 /// Tones at 100 Hz, 1, 3, 5 and 7 kHz (those below the input Nyquist) keep their level within
 /// 0.5 dB at every rate.
+// Measured with rubato 5.0.1: worst is 7 kHz at -0.136 dB (FFT rates from 37.8 kHz up);
+// 3 kHz at 8 kHz input is -0.133 dB, 7 kHz at 44.101 kHz (sinc) -0.115 dB, the rest ~0 dB.
 #[test]
 fn passband_is_flat_within_half_a_db_to_7k() {
     let mut failures = Vec::new();
@@ -487,41 +504,4 @@ fn identical_channels_downmix_to_the_mono_signal() {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0f32, f32::max);
     assert!(diff <= 1e-5, "resampled downmix differs by {diff}");
-}
-
-#[test]
-#[ignore]
-fn zz_report() {
-    for rate in RATES {
-        let r = StreamResampler::new(rate).unwrap();
-        let mut line = format!("{rate:>6} {:?} block {}:", r.kind(), r.block_frames());
-        for f in [100.0, 1000.0, 3000.0, 5000.0, 7000.0, 7500.0] {
-            if f >= f64::from(rate) / 2.0 {
-                continue;
-            }
-            let (d, a) = tone_delay_and_amplitude(rate, f, 1.0);
-            line += &format!(" {f}: d={d:+.4} g={:+.3}dB |", db(a / 0.5));
-        }
-        eprintln!("{line}");
-    }
-    for (rate, bad) in [
-        (48000, 20000.0),
-        (48000, 9000.0),
-        (48000, 8500.0),
-        (48000, 12000.0),
-        (44100, 15000.0),
-        (44100, 9000.0),
-        (44101, 15000.0),
-        (44101, 9000.0),
-        (96000, 20000.0),
-        (96000, 40000.0),
-        (22050, 9000.0),
-        (22050, 10000.0),
-        (11025, 5000.0),
-        (37800, 15000.0),
-        (192000, 20000.0),
-        (192000, 90000.0),
-    ] {
-        eprintln!("alias {rate} {bad}: {:.1} dB", alias_level_db(rate, bad));
-    }
 }

@@ -49,6 +49,10 @@ pub struct StreamResampler {
     block_in: usize,
     /// rubato writes here, then the aligned part is copied to the caller.
     scratch: Vec<f32>,
+    /// Zero frames staged at the start of every stretch (see `new`).
+    pad: usize,
+    /// Output frames of filter delay at the start of every stretch.
+    delay: usize,
     /// Output frames still to discard as filter delay.
     delay_left: usize,
     frames_in: u64,
@@ -79,7 +83,14 @@ impl StreamResampler {
         let rate = input_rate as usize;
         let out_rate = PIPELINE_RATE as usize;
         if rate == out_rate {
-            return Ok(Self::with(ResamplerKind::Passthrough, input_rate, None, 0));
+            return Ok(Self::with(
+                ResamplerKind::Passthrough,
+                input_rate,
+                None,
+                0,
+                0,
+                0,
+            ));
         }
         let g = gcd(rate, out_rate);
         let (min_in, min_out) = (rate / g, out_rate / g);
@@ -95,11 +106,20 @@ impl StreamResampler {
                 WindowFunction::BlackmanHarris2,
                 FixedSync::Input,
             )?;
+            // rubato centres the filter floor(block_in / 2) input frames in, but reports
+            // fft_size_out / 2 as the delay, which is half an input frame off for odd blocks
+            // (441 at 44.1 kHz). Staging `pad` zeros first makes the true delay a whole number
+            // of output frames, so trimming it aligns output to input exactly.
+            let half = block_in / 2;
+            let pad = (min_in - half % min_in) % min_in;
+            let delay = (half + pad) / min_in * min_out;
             return Ok(Self::with(
                 ResamplerKind::Fft,
                 input_rate,
                 Some(Box::new(fft)),
                 block_in,
+                pad,
+                delay,
             ));
         }
         let block_in = rate * SINC_BLOCK_MS / 1000;
@@ -118,11 +138,17 @@ impl StreamResampler {
             1,
             FixedAsync::Input,
         )?;
+        // rubato reports floor(sinc_len * ratio / 2) but the filter's true delay is one
+        // output frame less (measured over many rates); round the true value.
+        let delay =
+            (params.sinc_len as f64 * out_rate as f64 / rate as f64 / 2.0 - 1.0).round() as usize;
         Ok(Self::with(
             ResamplerKind::Sinc,
             input_rate,
             Some(Box::new(sinc)),
             block_in,
+            0,
+            delay,
         ))
     }
 
@@ -131,18 +157,21 @@ impl StreamResampler {
         input_rate: u32,
         inner: Option<Box<dyn rubato::Resampler<f32>>>,
         block_in: usize,
+        pad: usize,
+        delay: usize,
     ) -> Self {
-        let (scratch_len, delay) = inner
-            .as_ref()
-            .map(|r| (r.output_frames_max(), r.output_delay()))
-            .unwrap_or((0, 0));
+        let scratch_len = inner.as_ref().map_or(0, |r| r.output_frames_max());
+        let mut staged = Vec::with_capacity(block_in);
+        staged.resize(pad, 0.0);
         Self {
             kind,
             input_rate,
             inner,
-            staged: Vec::with_capacity(block_in),
+            staged,
             block_in,
             scratch: vec![0.0; scratch_len],
+            pad,
+            delay,
             delay_left: delay,
             frames_in: 0,
             frames_out: 0,
@@ -202,9 +231,10 @@ impl StreamResampler {
     pub fn reset(&mut self) {
         if let Some(inner) = self.inner.as_mut() {
             inner.reset();
-            self.delay_left = inner.output_delay();
         }
+        self.delay_left = self.delay;
         self.staged.clear();
+        self.staged.resize(self.pad, 0.0);
         self.frames_in = 0;
         self.frames_out = 0;
     }
