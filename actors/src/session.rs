@@ -225,6 +225,18 @@ impl Session {
         if self.closing.is_some() {
             return self.report(ctx, SessionError::AudioAfterStop);
         }
+        let max = self.config.limits.max_binary_frame_bytes;
+        if data.len() > max {
+            // The codec's limit is the larger of the two frame limits; this one is ours.
+            let max_text = self.config.limits.max_text_frame_bytes;
+            return self.report(
+                ctx,
+                SessionError::FrameTooLarge {
+                    max_binary: max,
+                    max_text,
+                },
+            );
+        }
         let input = self.params.input;
         if data.is_empty() {
             return self.report(ctx, SessionError::EmptyAudioFrame);
@@ -410,6 +422,11 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
                     max_text: self.config.limits.max_text_frame_bytes,
                 },
             ),
+            Err(ws::ProtocolError::Io(e)) => {
+                // The connection broke (client vanished): nobody is left to tell.
+                self.span.in_scope(|| info!(error = %e, "connection lost"));
+                ctx.stop();
+            }
             Err(_) => self.report(ctx, SessionError::Protocol),
         }
     }

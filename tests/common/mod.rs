@@ -452,6 +452,8 @@ pub struct SlowProbe {
     pub samples: AtomicU64,
     /// `process` calls so far.
     pub blocks: AtomicU64,
+    /// First sample of every block, in order (lets tests tag chunks by their content).
+    pub firsts: std::sync::Mutex<Vec<f32>>,
 }
 
 impl SlowProbe {
@@ -479,6 +481,12 @@ impl Processor for SlowProcessor {
             p.samples
                 .fetch_add(block.samples.len() as u64, Ordering::SeqCst);
             p.blocks.fetch_add(1, Ordering::SeqCst);
+            if let Some(&first) = block.samples.first() {
+                p.firsts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(first);
+            }
         }
     }
 
@@ -511,4 +519,15 @@ pub fn slow_catalog(
         }) as Box<dyn Processor>
     });
     (catalog, probe)
+}
+
+/// Events grouped by `type`, each group in arrival order. Different processors run as
+/// different actors, so only the order *within* a processor's events is deterministic.
+pub fn by_type(events: &[Value]) -> std::collections::BTreeMap<String, Vec<Value>> {
+    let mut out = std::collections::BTreeMap::<String, Vec<Value>>::new();
+    for e in events {
+        let kind = e["type"].as_str().unwrap_or("").to_owned();
+        out.entry(kind).or_default().push(e.clone());
+    }
+    out
 }
