@@ -241,7 +241,7 @@ impl Session {
         if data.is_empty() {
             return self.report(ctx, SessionError::EmptyAudioFrame);
         }
-        if data.len() % input.frame_bytes() != 0 {
+        if !data.len().is_multiple_of(input.frame_bytes()) {
             return self.report(
                 ctx,
                 SessionError::PartialSampleFrame {
