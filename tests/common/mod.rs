@@ -33,31 +33,7 @@ impl TestServer {
 
     /// Like [`TestServer::start`] with a custom processor catalog.
     pub fn start_with(overrides: &[(&str, &str)], catalog: ProcessorCatalog) -> Self {
-        let env = std::collections::HashMap::new();
-        let settings =
-            voxrt::Settings::load_from(Some("test"), &env, overrides).expect("test settings load");
-        voxrt::logging::init(&settings.log);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            actix_web::rt::System::new().block_on(async move {
-                let server = voxrt::start(settings, catalog)
-                    .await
-                    .expect("server starts");
-                ready_tx
-                    .send((server.addr, server.registry.clone()))
-                    .expect("test alive");
-                let _ = stop_rx.await;
-                server.shutdown().await;
-            });
-        });
-        let (addr, registry) = ready_rx.recv_timeout(HANG).expect("server ready");
-        TestServer {
-            addr,
-            registry,
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        }
+        Self::start_with_env(&[], overrides, catalog)
     }
 
     /// `ws://.../v1/stream?{query}`.
