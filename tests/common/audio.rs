@@ -153,3 +153,96 @@ pub fn rms_dbfs(x: &[f32]) -> f64 {
     let rms = (x.iter().map(|&s| (s as f64).powi(2)).sum::<f64>() / x.len().max(1) as f64).sqrt();
     20.0 * rms.max(1e-12).log10()
 }
+
+/// Every speech recording in alsa-utils (all but `Noise.wav`), 48 kHz mono.
+pub const SPEECH_FILES: [&str; 8] = [
+    "/usr/share/sounds/alsa/Front_Center.wav",
+    "/usr/share/sounds/alsa/Front_Left.wav",
+    "/usr/share/sounds/alsa/Front_Right.wav",
+    "/usr/share/sounds/alsa/Rear_Center.wav",
+    "/usr/share/sounds/alsa/Rear_Left.wav",
+    "/usr/share/sounds/alsa/Rear_Right.wav",
+    "/usr/share/sounds/alsa/Side_Left.wav",
+    "/usr/share/sounds/alsa/Side_Right.wav",
+];
+
+/// `mono` with `before_s` seconds of digital silence before it and `after_s` after it.
+pub fn padded(mono: &[f32], rate: u32, before_s: f64, after_s: f64) -> Vec<f32> {
+    let mut out = silence(rate, before_s);
+    out.extend_from_slice(mono);
+    out.extend(silence(rate, after_s));
+    out
+}
+
+/// The file name without directory and extension, for messages.
+pub fn short_name(path: &str) -> &str {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.strip_suffix(".wav").unwrap_or(name)
+}
+
+/// A tiny deterministic PRNG (xorshift64*) for fixed-seed test data such as chunk sizes.
+#[derive(Debug, Clone)]
+pub struct Prng(u64);
+
+impl Prng {
+    /// A generator with this seed (any value; 0 is remapped).
+    pub fn new(seed: u64) -> Self {
+        Prng(seed.max(1))
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `0.0..1.0`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Log-uniform integer in `lo..=hi` (`1 <= lo <= hi`): small and large values alike.
+    pub fn log_uniform(&mut self, lo: usize, hi: usize) -> usize {
+        let (l, h) = ((lo as f64).ln(), ((hi + 1) as f64).ln());
+        ((l + (h - l) * self.unit()).exp() as usize).clamp(lo, hi)
+    }
+}
+
+/// Sign changes (from `< 0` to `>= 0` and back) in `x`.
+pub fn zero_crossings(x: &[f32]) -> usize {
+    x.windows(2)
+        .filter(|w| (w[0] < 0.0) != (w[1] < 0.0))
+        .count()
+}
+
+/// Least-squares fit of `a*sin(wt) + b*cos(wt)` at `freq` Hz to `x`, with `t = (offset + i) /
+/// rate`: returns `(amplitude, phase_rad, residual_db)` where the phase is relative to
+/// `sin` and the residual is the RMS of what the sinusoid does not explain, relative to the
+/// RMS of `x`, in dB. Exact over whole periods; close enough over many periods.
+pub fn fit_sine(x: &[f32], rate: u32, freq: f64, offset: usize) -> (f64, f64, f64) {
+    let w = 2.0 * std::f64::consts::PI * freq / rate as f64;
+    let (mut ss, mut sc, mut cc, mut xs, mut xc) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for (i, &v) in x.iter().enumerate() {
+        let (s, c) = (w * (offset + i) as f64).sin_cos();
+        ss += s * s;
+        sc += s * c;
+        cc += c * c;
+        xs += v as f64 * s;
+        xc += v as f64 * c;
+    }
+    let det = ss * cc - sc * sc;
+    let a = (xs * cc - xc * sc) / det;
+    let b = (xc * ss - xs * sc) / det;
+    let mut resid = 0.0;
+    let mut total = 0.0;
+    for (i, &v) in x.iter().enumerate() {
+        let (s, c) = (w * (offset + i) as f64).sin_cos();
+        let e = v as f64 - a * s - b * c;
+        resid += e * e;
+        total += (v as f64) * (v as f64);
+    }
+    let residual_db = 10.0 * (resid.max(1e-30) / total.max(1e-30)).log10();
+    ((a * a + b * b).sqrt(), b.atan2(a), residual_db)
+}

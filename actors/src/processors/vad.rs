@@ -32,6 +32,8 @@ pub struct VadProcessor {
     frame_start: u64,
     warmup_end: u64,
     state: State,
+    /// Noise floor generator state (fixed seed: results are reproducible).
+    rng: u64,
 }
 
 impl std::fmt::Debug for VadProcessor {
@@ -53,6 +55,7 @@ impl VadProcessor {
             frame_start: 0,
             warmup_end: VAD_WARMUP_MS * SAMPLES_PER_MS,
             state: State::Silence,
+            rng: 0x9E37_79B9_7F4A_7C15,
         }
     }
 
@@ -109,6 +112,36 @@ impl VadProcessor {
     }
 }
 
+/// Level of the noise floor added to each frame before detection, relative to the frame's
+/// own RMS (-40 dB).
+const NOISE_FLOOR: f32 = 0.01;
+
+/// The frame as the detector should see it: 16-bit PCM (earshot's model works at that scale;
+/// rounding and saturating also clamps resampler overshoot past full scale, which its f32
+/// entry point rejects) with white noise 40 dB below the frame's RMS.
+///
+/// Why the noise: audio from a narrowband client (8 kHz input has nothing above 4 kHz) reaches
+/// the detector with an exactly empty upper band, and earshot then scored pink noise at
+/// -30 dBFS as speech for seconds. A floor that quiet fills the band without changing how
+/// speech scores (measured over the alsa-utils recordings at 8-48 kHz). Digital silence stays
+/// silent. Only the detector sees it; levels and returned audio are untouched.
+fn detector_frame(frame: &[f32], rng: &mut u64) -> [i16; VAD_FRAME] {
+    let energy: f32 = frame.iter().map(|s| s * s).sum();
+    let floor = (energy / VAD_FRAME as f32).sqrt() * NOISE_FLOOR * 3f32.sqrt();
+    let mut out = [0i16; VAD_FRAME];
+    for (o, &s) in out.iter_mut().zip(frame) {
+        // xorshift64: uniform in -1..1 (RMS 1/sqrt(3), hence the factor above).
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        let white = (*rng >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
+        *o = ((s + white * floor) * 32768.0)
+            .round()
+            .clamp(-32768.0, 32767.0) as i16;
+    }
+    out
+}
+
 fn end_event(start: u64, end: u64) -> ServerEvent {
     ServerEvent::Vad {
         event: VadEventKind::SpeechEnd,
@@ -128,7 +161,8 @@ impl Processor for VadProcessor {
             self.frame.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
             if self.frame.len() == VAD_FRAME {
-                let score = self.detector.predict_f32(&self.frame);
+                let frame = detector_frame(&self.frame, &mut self.rng);
+                let score = self.detector.predict_i16(&frame);
                 let start = self.frame_start;
                 let is_speech = start >= self.warmup_end && score >= self.settings.threshold;
                 self.on_frame(is_speech, start, events);
