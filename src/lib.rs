@@ -3,34 +3,85 @@
 //! # Layout
 //! - [`settings`]: the one typed `Settings` struct, layered loading and validation.
 //! - [`server`]: binds, starts the registry and HTTP workers, and shuts down in order.
-//! - `routes`: `GET /v1/stream` admission and upgrade.
+//! - `stream`: `GET /v1/stream` admission and upgrade.
+//! - `ops`: `/health`, `/ready`, `/v1/stats*`, `/metrics`, `/v1/admin/reload`.
+//! - [`admin`]: the admin bearer token (hashing, constant-time check).
+//! - `reload`: applying a re-read configuration to a running server.
 //! - `refusal`: HTTP JSON errors before the upgrade.
-//! - [`logging`]: tracing setup.
+//! - [`logging`]: tracing setup with a reloadable filter.
 //!
 //! Like mini-redis, the binary is thin: tests call the same [`server::start`] on
 //! `127.0.0.1:0` and get the bound address back.
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod logging;
+mod ops;
 mod refusal;
-mod routes;
+mod reload;
 pub mod server;
 pub mod settings;
+mod stream;
 
 pub use server::{start, RunningServer, StartError};
-pub use settings::Settings;
+pub use settings::{ConfigSource, Settings};
 pub use voxrt_actors as actors;
 
 use actix::Addr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use voxrt_actors::metrics::Metrics;
 use voxrt_actors::processors::ProcessorCatalog;
 use voxrt_actors::registry::SessionRegistry;
 use voxrt_actors::session::SessionConfig;
 
-/// What every request handler shares.
-pub(crate) struct AppState {
+/// The configuration in force: replaced whole by a reload, read by every request.
+pub(crate) struct Current {
     settings: Arc<Settings>,
     session_config: Arc<SessionConfig>,
+    /// Unix seconds when it was loaded.
+    loaded_at: u64,
+    /// SHA-256 of its canonical JSON.
+    hash: String,
+}
+
+impl Current {
+    fn new(settings: Settings) -> Self {
+        let session_config = Arc::new(SessionConfig {
+            limits: settings.session,
+            registry: settings.registry,
+            pipeline: settings.pipeline.clone(),
+            level: settings.level,
+        });
+        let hash = settings.fingerprint();
+        Self {
+            settings: Arc::new(settings),
+            session_config,
+            loaded_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            hash,
+        }
+    }
+}
+
+/// What every request handler shares.
+pub(crate) struct AppState {
+    current: RwLock<Arc<Current>>,
+    source: ConfigSource,
     catalog: Arc<ProcessorCatalog>,
     registry: Addr<SessionRegistry>,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    workers: usize,
+}
+
+impl AppState {
+    /// The configuration in force now.
+    fn current(&self) -> Arc<Current> {
+        match self.current.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
 }

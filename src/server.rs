@@ -1,17 +1,17 @@
 //! Startup and orderly shutdown.
 
-use crate::settings::{Settings, SettingsError};
-use crate::{routes, AppState};
+use crate::settings::{ConfigSource, SettingsError};
+use crate::{ops, reload, stream, AppState, Current};
 use actix::Addr;
 use actix_web::{dev::ServerHandle, web, App, HttpServer};
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 use thiserror::Error;
 use tracing::{info, warn};
+use voxrt_actors::metrics::Metrics;
 use voxrt_actors::processors::ProcessorCatalog;
 use voxrt_actors::registry::{LiveSessions, SessionRegistry, Shutdown};
-use voxrt_actors::session::SessionConfig;
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -33,69 +33,123 @@ pub enum StartError {
 pub struct RunningServer {
     /// The address actually bound (the port is the OS's pick when configured as 0).
     pub addr: SocketAddr,
+    /// The admin listener, when `admin.bind` is set.
+    pub admin_addr: Option<SocketAddr>,
     /// The session registry (stats, and tests that restart it).
     pub registry: Addr<SessionRegistry>,
-    handle: ServerHandle,
+    state: web::Data<AppState>,
+    handles: Vec<ServerHandle>,
     grace: Duration,
-    done: tokio::task::JoinHandle<std::io::Result<()>>,
+    done: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
-/// Validates `settings`, binds, and starts serving on the current actix system.
-/// `catalog` holds the processors `pipeline.processors` may name.
+fn bind(addr: &str) -> Result<TcpListener, StartError> {
+    let bind_error = |source| StartError::Bind {
+        addr: addr.to_owned(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).map_err(bind_error)?;
+    Ok(listener)
+}
+
+/// Loads and validates settings from `source`, binds, and starts serving on the current
+/// actix system. `catalog` holds the processors `pipeline.processors` may name. The source
+/// is kept: a reload re-reads it.
 pub async fn start(
-    settings: Settings,
+    source: ConfigSource,
     catalog: ProcessorCatalog,
 ) -> Result<RunningServer, StartError> {
+    let settings = source.load()?;
     settings.validate(&catalog)?;
-    let bind = format!("{}:{}", settings.server.host, settings.server.port);
-    let listener = TcpListener::bind(&bind).map_err(|source| StartError::Bind {
-        addr: bind.clone(),
-        source,
-    })?;
-    let addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: bind.clone(),
-        source,
-    })?;
-    let registry = SessionRegistry::new(settings.registry, settings.session_worst_case_bytes())
-        .start_supervised();
-    let session_config = Arc::new(SessionConfig {
-        limits: settings.session,
-        registry: settings.registry,
-        pipeline: settings.pipeline.clone(),
-        level: settings.level,
-    });
+    let main_bind = format!("{}:{}", settings.server.host, settings.server.port);
+    let listener = bind(&main_bind)?;
+    let admin_listener = match settings.admin.bind.as_str() {
+        "" => None,
+        addr => Some(bind(addr)?),
+    };
+    let local = |l: &TcpListener, name: &str| {
+        l.local_addr().map_err(|source| StartError::Bind {
+            addr: name.to_owned(),
+            source,
+        })
+    };
+    let addr = local(&listener, &main_bind)?;
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(|l| local(l, &settings.admin.bind))
+        .transpose()?;
+    let metrics = Arc::new(Metrics::new());
+    let registry = SessionRegistry::new(
+        settings.registry,
+        settings.session_worst_case_bytes(),
+        metrics.clone(),
+    )
+    .start_supervised();
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
     let grace = Duration::from_secs(settings.server.shutdown_grace_s);
     let state = web::Data::new(AppState {
-        settings: Arc::new(settings),
-        session_config,
+        current: RwLock::new(Arc::new(Current::new(settings))),
+        source,
         catalog: Arc::new(catalog),
         registry: registry.clone(),
+        metrics,
+        started: Instant::now(),
+        workers,
     });
-    let server = HttpServer::new(move || {
+    let admin_on_main = admin_listener.is_none();
+    let main_state = state.clone();
+    let main = HttpServer::new(move || {
         App::new()
-            .app_data(state.clone())
-            .configure(routes::configure)
+            .app_data(main_state.clone())
+            .configure(stream::configure)
+            .configure(ops::configure_probes)
+            .configure(|cfg| {
+                if admin_on_main {
+                    ops::configure_admin(cfg);
+                }
+            })
     })
     .workers(workers)
     .disable_signals()
     .shutdown_timeout(1)
     .listen(listener)
     .map_err(|source| StartError::Bind {
-        addr: bind.clone(),
+        addr: main_bind.clone(),
         source,
     })?
     .run();
-    let handle = server.handle();
-    let done = tokio::task::spawn_local(server);
-    info!(%addr, workers, "voxrt listening");
+    let mut handles = vec![main.handle()];
+    let mut done = vec![tokio::task::spawn_local(main)];
+    if let Some(listener) = admin_listener {
+        let admin_state = state.clone();
+        let admin = HttpServer::new(move || {
+            App::new()
+                .app_data(admin_state.clone())
+                .configure(ops::configure_probes)
+                .configure(ops::configure_admin)
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .listen(listener)
+        .map_err(|source| StartError::Bind {
+            addr: "admin.bind".to_owned(),
+            source,
+        })?
+        .run();
+        handles.push(admin.handle());
+        done.push(tokio::task::spawn_local(admin));
+    }
+    info!(%addr, ?admin_addr, workers, "voxrt listening");
     Ok(RunningServer {
         addr,
+        admin_addr,
         registry,
-        handle,
+        state,
+        handles,
         grace,
         done,
     })
@@ -119,39 +173,55 @@ impl RunningServer {
                 "sessions did not close within shutdown_grace_s; closing them anyway"
             );
         }
-        self.handle.stop(true).await;
-        let _ = self.done.await;
+        for handle in &self.handles {
+            handle.stop(true).await;
+        }
+        for done in self.done {
+            let _ = done.await;
+        }
         info!("stopped");
     }
 
-    /// Runs until SIGINT or SIGTERM, then [`RunningServer::shutdown`].
+    /// Re-reads the configuration and applies it (what SIGHUP does); returns the new
+    /// config hash, or the error naming the bad key (nothing changed then).
+    pub fn reload(&self) -> Result<String, SettingsError> {
+        reload::reload(&self.state)
+    }
+
+    /// Runs until SIGINT or SIGTERM, then [`RunningServer::shutdown`]. SIGHUP reloads the
+    /// configuration meanwhile.
     pub async fn run_until_signal(self) {
-        wait_for_signal().await;
+        wait_for_signal(&self).await;
         self.shutdown().await;
     }
 }
 
 #[cfg(unix)]
-async fn wait_for_signal() {
+async fn wait_for_signal(server: &RunningServer) {
     use tokio::signal::unix::{signal, SignalKind};
-    match (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM received"),
-                _ = int.recv() => info!("SIGINT received"),
+        signal(SignalKind::hangup()),
+    ) else {
+        warn!("cannot install signal handlers; waiting for Ctrl-C");
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return info!("SIGTERM received"),
+            _ = int.recv() => return info!("SIGINT received"),
+            _ = hup.recv() => {
+                info!("SIGHUP received: reloading configuration");
+                // Errors are logged by reload itself; the running configuration stays.
+                let _ = server.reload();
             }
-        }
-        _ => {
-            warn!("cannot install signal handlers; waiting for Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signal() {
+async fn wait_for_signal(_server: &RunningServer) {
     let _ = tokio::signal::ctrl_c().await;
 }

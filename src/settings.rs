@@ -43,6 +43,64 @@ pub struct Settings {
     pub vad: VadSettings,
     /// Level meter.
     pub level: LevelSettings,
+    /// Admin endpoints.
+    pub admin: AdminSettings,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Hex SHA-256 of the admin bearer token; empty = admin endpoints open.
+    pub token_sha256: String,
+    /// Refuse to start without a token.
+    pub require_token: bool,
+    /// Separate listen address for admin endpoints; empty = main listener.
+    pub bind: String,
+    /// Show client addresses in stats.
+    pub show_peer_addresses: bool,
+}
+
+/// Where settings come from; kept by the server so a reload re-reads the same layers
+/// (in particular the file named by `VOXRT_CONFIG`).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigSource {
+    /// Profile; `None` = `VOXRT_PROFILE` from `env`.
+    pub profile: Option<String>,
+    /// Environment variables considered (`VOXRT_*`).
+    pub env: HashMap<String, String>,
+    /// Dotted-key overrides applied last.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl ConfigSource {
+    /// The process environment, as the binary uses it.
+    pub fn from_process() -> Self {
+        Self {
+            profile: None,
+            env: std::env::vars().collect(),
+            overrides: Vec::new(),
+        }
+    }
+
+    /// Loads the layers now (not validated).
+    pub fn load(&self) -> Result<Settings, SettingsError> {
+        let overrides: Vec<(&str, &str)> = self
+            .overrides
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        Settings::load_from(self.profile.as_deref(), &self.env, &overrides)
+    }
+
+    /// The profile in force, for `/v1/stats`.
+    pub fn profile_name(&self) -> String {
+        self.profile
+            .clone()
+            .or_else(|| self.env.get("VOXRT_PROFILE").cloned())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "default".into())
+    }
 }
 
 /// `[server]`.
@@ -288,7 +346,40 @@ impl Settings {
                 " ms (or 0 for off)",
             )?;
         }
+        let a = &self.admin;
+        let hash = &a.token_sha256;
+        if !hash.is_empty() && (hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return Err(SettingsError::Invalid {
+                key: "admin.token_sha256",
+                value: format!("({} characters)", hash.len()),
+                allowed: "must be 64 hex digits, the SHA-256 that `voxrt hash-token` prints".into(),
+            });
+        }
+        if a.require_token && hash.is_empty() {
+            return Err(SettingsError::Invalid {
+                key: "admin.token_sha256",
+                value: "\"\"".into(),
+                allowed: "must be set because admin.require_token is true (the production \
+                          profile): choose a secret token, run `voxrt hash-token`, and set \
+                          VOXRT_ADMIN__TOKEN_SHA256 to what it prints"
+                    .into(),
+            });
+        }
+        if !a.bind.is_empty() && a.bind.parse::<std::net::SocketAddr>().is_err() {
+            return Err(SettingsError::Invalid {
+                key: "admin.bind",
+                value: format!("\"{}\"", a.bind),
+                allowed: "must be empty or an address with a port, e.g. 127.0.0.1:9090".into(),
+            });
+        }
         Ok(())
+    }
+
+    /// SHA-256 (hex) of the settings' canonical JSON, shown in `/v1/stats`.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(sha2::Sha256::digest(json))
     }
 
     /// The most memory one session can make the server hold, in bytes: audio in flight
@@ -319,8 +410,9 @@ mod tests {
     #[test]
     fn embedded_defaults_are_valid_for_every_profile() {
         let catalog = ProcessorCatalog::with_builtins();
+        let token = [("VOXRT_ADMIN__TOKEN_SHA256", &*"ab".repeat(32))];
         for profile in [None, Some("development"), Some("production"), Some("test")] {
-            let s = Settings::load_from(profile, &env(&[]), &[]).unwrap();
+            let s = Settings::load_from(profile, &env(&token), &[]).unwrap();
             s.validate(&catalog).unwrap();
         }
     }
@@ -340,6 +432,16 @@ mod tests {
         assert_eq!(s.server.port, 9000);
         assert_eq!(s.pipeline.processors, vec!["vad".to_string()]);
         assert_eq!(s.server.host, "0.0.0.0");
+    }
+
+    #[test]
+    fn production_requires_an_admin_token() {
+        let s = Settings::load_from(Some("production"), &env(&[]), &[]).unwrap();
+        let err = s
+            .validate(&ProcessorCatalog::with_builtins())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("admin.token_sha256"), "{err}");
     }
 
     #[test]

@@ -3,9 +3,10 @@
 //! Atomics rather than messages: the registry's sweep and the stats endpoint read them
 //! without a round trip to every session, and the hot path pays one relaxed add.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::OnceLock;
-use std::time::Instant;
+use crate::metrics::StageStats;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Milliseconds since the first call in this process: a cheap monotonic clock for atomics.
 pub fn now_ms() -> u64 {
@@ -31,11 +32,21 @@ pub struct SessionCounters {
     pub inflight_bytes: AtomicUsize,
     /// Pipeline (16 kHz) samples produced so far.
     pub pipeline_samples: AtomicU64,
+    /// Events sent to the client.
+    pub events_sent: AtomicU64,
+    /// WebSocket payload bytes received.
+    pub bytes_in: AtomicU64,
+    /// WebSocket payload bytes sent.
+    pub bytes_out: AtomicU64,
+    /// Code of the last error sent to the client.
+    pub last_error: Mutex<Option<&'static str>>,
+    /// Messages queued per pipeline stage: the resampler first, then each processor.
+    pub stage_depths: Vec<(String, AtomicI64)>,
 }
 
 impl SessionCounters {
-    /// Counters for a session starting now.
-    pub fn new() -> Self {
+    /// Counters for a session starting now whose pipeline has `stages` (resampler first).
+    pub fn new(stages: impl IntoIterator<Item = String>) -> Self {
         let now = now_ms();
         Self {
             started_ms: now,
@@ -45,6 +56,11 @@ impl SessionCounters {
             chunks_dropped: AtomicU64::new(0),
             inflight_bytes: AtomicUsize::new(0),
             pipeline_samples: AtomicU64::new(0),
+            events_sent: AtomicU64::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            stage_depths: stages.into_iter().map(|s| (s, AtomicI64::new(0))).collect(),
         }
     }
 
@@ -74,8 +90,54 @@ impl SessionCounters {
     }
 }
 
-impl Default for SessionCounters {
-    fn default() -> Self {
-        Self::new()
+/// One pipeline actor's view of its queue: updates both the session's per-stage depth and
+/// the stage kind's totals, so `/v1/stats` can show either without asking the actor.
+#[derive(Debug, Clone)]
+pub struct StageProbe {
+    stats: Arc<StageStats>,
+    counters: Arc<SessionCounters>,
+    index: usize,
+}
+
+impl StageProbe {
+    /// The probe of stage `index` (0 = resampler) of the session owning `counters`.
+    pub fn new(stats: Arc<StageStats>, counters: Arc<SessionCounters>, index: usize) -> Self {
+        Self {
+            stats,
+            counters,
+            index,
+        }
+    }
+
+    fn depth(&self) -> Option<&AtomicI64> {
+        self.counters.stage_depths.get(self.index).map(|(_, d)| d)
+    }
+
+    /// A message was put in this stage's mailbox.
+    pub fn queued(&self) {
+        self.stats.queued();
+        if let Some(d) = self.depth() {
+            d.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// A message was taken out and handled in `took`.
+    pub fn handled(&self, took: Duration) {
+        self.stats.dequeued();
+        self.stats.handled(took);
+        if let Some(d) = self.depth() {
+            d.fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// The actor started.
+    pub fn started(&self) {
+        self.stats.started();
+    }
+
+    /// The actor stopped; messages it never handled leave the depth counts.
+    pub fn stopped(&self) {
+        let left = self.depth().map_or(0, |d| d.swap(0, Relaxed));
+        self.stats.stopped(left);
     }
 }

@@ -10,6 +10,7 @@
 //! - [`audio`]: formats and the streaming resampler (plain DSP, no actors).
 //! - [`protocol`]: protocol v1 wire types; [`error`]: errors with stable client codes.
 //! - [`intake`]: paces WebSocket bytes into actix's decoder so it buffers at most a frame.
+//! - [`metrics`]: Prometheus metrics and per-stage statistics shared by every actor.
 //! - [`settings`]: the tunables the server's config feeds in; [`counters`]: shared counters.
 //!
 //! Data flows session -> resampler -> processors over bounded mailboxes; when a stage is
@@ -20,6 +21,7 @@ pub mod audio;
 pub mod counters;
 pub mod error;
 pub mod intake;
+pub mod metrics;
 pub mod pipeline;
 pub mod processor;
 pub mod processors;

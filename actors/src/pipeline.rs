@@ -5,11 +5,12 @@
 //! what a future session-resume feature needs to re-attach a new connection.
 
 use crate::audio::StreamResampler;
-use crate::counters::SessionCounters;
+use crate::counters::{SessionCounters, StageProbe};
+use crate::metrics::Metrics;
 use crate::processor::ProcessorStage;
 use crate::processors::{ProcessorCatalog, ProcessorContext};
 use crate::protocol::StreamParams;
-use crate::resampler::Resampler;
+use crate::resampler::{Downstream, Resampler, ResamplerProbes};
 use crate::session::{PipelineOutput, SessionConfig};
 use actix::prelude::*;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub enum PipelineError {
 pub struct Pipeline {
     /// The first stage: where audio and flushes go.
     pub resampler: Addr<Resampler>,
+    /// Counts what is queued to the resampler.
+    pub resampler_probe: StageProbe,
 }
 
 impl Pipeline {
@@ -48,6 +51,7 @@ impl Pipeline {
         catalog: &ProcessorCatalog,
         sink: Recipient<PipelineOutput>,
         counters: Arc<SessionCounters>,
+        metrics: &Arc<Metrics>,
     ) -> Result<Self, PipelineError> {
         let capacity = config.pipeline.mailbox_capacity.get();
         let ctx = ProcessorContext {
@@ -57,28 +61,49 @@ impl Pipeline {
             level: config.level,
         };
         let mut stages = Vec::with_capacity(config.pipeline.processors.len());
-        for name in &config.pipeline.processors {
+        let mut probes = Vec::with_capacity(stages.capacity());
+        for (i, name) in config.pipeline.processors.iter().enumerate() {
             let processor = catalog
                 .build(name, &ctx)
                 .ok_or_else(|| PipelineError::UnknownProcessor(name.clone()))?;
+            let probe = StageProbe::new(metrics.stage(name, capacity), counters.clone(), i + 1);
             stages.push(
-                ProcessorStage::new(name.clone(), processor, sink.clone(), capacity)
-                    .start_bounded(),
+                ProcessorStage::new(
+                    name.clone(),
+                    processor,
+                    sink.clone(),
+                    capacity,
+                    probe.clone(),
+                )
+                .start_bounded(),
             );
+            probes.push(probe);
         }
+        let resampler_probe =
+            StageProbe::new(metrics.stage("resampler", capacity), counters.clone(), 0);
         let rate = params.input.sample_rate;
         let dsp = StreamResampler::new(rate)
             .map_err(|source| PipelineError::Resampler { rate, source })?;
         let resampler = Resampler::new(
             params.input,
             dsp,
-            stages,
-            sink,
-            params.return_audio,
+            Downstream {
+                processors: stages,
+                sink,
+                return_audio: params.return_audio,
+            },
             counters,
             capacity,
+            ResamplerProbes {
+                own: resampler_probe.clone(),
+                processors: probes,
+                metrics: metrics.clone(),
+            },
         )
         .start_bounded();
-        Ok(Pipeline { resampler })
+        Ok(Pipeline {
+            resampler,
+            resampler_probe,
+        })
     }
 }

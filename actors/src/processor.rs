@@ -1,9 +1,11 @@
 //! The actor that runs one [`Processor`] for one session.
 
+use crate::counters::StageProbe;
 use crate::processors::Processor;
 use crate::resampler::AudioBlock;
 use crate::session::PipelineOutput;
 use actix::prelude::*;
+use std::time::Instant;
 
 /// Runs a [`Processor`] behind a bounded mailbox; its events go to the session's sink.
 pub struct ProcessorStage {
@@ -11,6 +13,7 @@ pub struct ProcessorStage {
     processor: Box<dyn Processor>,
     sink: Recipient<PipelineOutput>,
     mailbox_capacity: usize,
+    probe: StageProbe,
 }
 
 impl ProcessorStage {
@@ -20,20 +23,23 @@ impl ProcessorStage {
         processor: Box<dyn Processor>,
         sink: Recipient<PipelineOutput>,
         mailbox_capacity: usize,
+        probe: StageProbe,
     ) -> Self {
         Self {
             name,
             processor,
             sink,
             mailbox_capacity,
+            probe,
         }
     }
 
-    fn deliver(&self, events: Vec<crate::protocol::ServerEvent>) {
+    fn deliver(&self, events: Vec<crate::protocol::ServerEvent>, received: Option<Instant>) {
         if !events.is_empty() {
             // Events, not audio: at most a few per block, and blocks in flight are bounded by
             // the mailboxes upstream, so this queue is bounded by construction.
-            self.sink.do_send(PipelineOutput::Events(events));
+            self.sink
+                .do_send(PipelineOutput::Events { events, received });
         }
     }
 }
@@ -50,6 +56,14 @@ impl ProcessorStage {
 
 impl Actor for ProcessorStage {
     type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        self.probe.started();
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.probe.stopped();
+    }
 }
 
 impl Handler<AudioBlock> for ProcessorStage {
@@ -57,9 +71,11 @@ impl Handler<AudioBlock> for ProcessorStage {
 
     /// Runs the processor on one block and forwards what it emitted.
     fn handle(&mut self, block: AudioBlock, _ctx: &mut Self::Context) {
+        let began = Instant::now();
         let mut events = Vec::new();
         self.processor.process(&block, &mut events);
-        self.deliver(events);
+        self.probe.handled(began.elapsed());
+        self.deliver(events, block.received);
     }
 }
 
@@ -77,9 +93,11 @@ impl Handler<FlushStage> for ProcessorStage {
 
     /// Flushes the processor.
     fn handle(&mut self, msg: FlushStage, _ctx: &mut Self::Context) {
+        let began = Instant::now();
         let mut events = Vec::new();
         self.processor.flush(msg.end_sample, &mut events);
-        self.deliver(events);
+        self.probe.handled(began.elapsed());
+        self.deliver(events, None);
         tracing::trace!(stage = %self.name, end_sample = msg.end_sample, "flushed");
     }
 }

@@ -218,6 +218,17 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// The reason as sent in `session.closed` (and used as a metrics label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientStop => "client_stop",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::TtlExpired => "ttl_expired",
+            CloseReason::ServerShutdown => "server_shutdown",
+            CloseReason::Error => "error",
+        }
+    }
+
     /// The WebSocket close code that goes with this reason.
     pub fn close_code(self) -> u16 {
         use crate::error::close_code::*;

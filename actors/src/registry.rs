@@ -9,15 +9,18 @@
 //! If the registry restarts, it keeps its table and rebuilds everything derived from it
 //! from the sessions that are still alive: no session is forgotten and limits keep holding.
 
+use crate::audio::InputFormat;
 use crate::counters::{now_ms, SessionCounters};
 use crate::error::AdmissionError;
+use crate::metrics::{Metrics, ReasonLabel, StageStats};
 use crate::protocol::CloseReason;
 use crate::session::Expire;
 use crate::settings::RegistryLimits;
 use actix::prelude::*;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -42,6 +45,8 @@ pub struct Register {
     pub session: Recipient<Expire>,
     /// The session's live counters.
     pub counters: Arc<SessionCounters>,
+    /// What the client sends.
+    pub input: InputFormat,
 }
 
 /// A session actor has stopped.
@@ -50,6 +55,9 @@ pub struct Register {
 pub struct Unregister {
     /// The session's id.
     pub id: Uuid,
+    /// Why it ended: a `session.closed` reason, or `client_closed`, `connection_lost`,
+    /// `heartbeat_timeout` when the client went away first.
+    pub reason: &'static str,
 }
 
 /// Stop admitting, tell every session to close with `server_shutdown`, and answer when
@@ -67,6 +75,94 @@ pub struct LiveSessions;
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "RegistryStats")]
 pub struct GetStats;
+
+/// A page of live sessions, oldest first.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "SessionPage")]
+pub struct ListSessions {
+    /// Sessions to skip.
+    pub offset: usize,
+    /// Most sessions to return.
+    pub limit: usize,
+    /// Include client addresses.
+    pub show_peer: bool,
+}
+
+/// One live session, if it exists.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Option<SessionSnapshot>")]
+pub struct GetSession {
+    /// The session.
+    pub id: Uuid,
+    /// Include the client address.
+    pub show_peer: bool,
+}
+
+/// New limits (a config reload); they apply to admissions from now on.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct UpdateLimits {
+    /// The limits.
+    pub limits: RegistryLimits,
+    /// The per-session memory reservation.
+    pub reserve_bytes: usize,
+}
+
+/// A page of sessions.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionPage {
+    /// Live sessions in all.
+    pub total: usize,
+    /// Offset of the first in `sessions`.
+    pub offset: usize,
+    /// Page size asked for.
+    pub limit: usize,
+    /// The page, oldest session first.
+    pub sessions: Vec<SessionSnapshot>,
+}
+
+/// Mailbox depth of one pipeline stage of a session.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageDepth {
+    /// Stage name.
+    pub stage: String,
+    /// Messages queued.
+    pub depth: i64,
+}
+
+/// One live session as operators see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSnapshot {
+    /// Session id.
+    pub id: Uuid,
+    /// Client address, when configured to show it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// Milliseconds since it started.
+    pub age_ms: u64,
+    /// Milliseconds since its last audio or ping.
+    pub idle_ms: u64,
+    /// What the client sends.
+    pub input: InputFormat,
+    /// Input audio through the pipeline, ms.
+    pub audio_ms: u64,
+    /// Binary frames accepted as audio.
+    pub chunks_in: u64,
+    /// Chunks through the resampler.
+    pub chunks_processed: u64,
+    /// Chunks dropped (`drop_newest`).
+    pub chunks_dropped: u64,
+    /// Queued messages per stage.
+    pub mailbox_depth: Vec<StageDepth>,
+    /// Events sent.
+    pub events_sent: u64,
+    /// WebSocket payload bytes received.
+    pub bytes_in: u64,
+    /// WebSocket payload bytes sent.
+    pub bytes_out: u64,
+    /// Code of the last error sent, if any.
+    pub last_error: Option<&'static str>,
+}
 
 /// Stops the actor so its supervisor restarts it (operators' recovery lever; tests use it
 /// to prove the restart keeps every session).
@@ -87,10 +183,16 @@ pub struct RegistryStats {
     pub refused_total: BTreeMap<&'static str, u64>,
     /// Ended since start.
     pub closed_total: u64,
+    /// Ended since start, by reason.
+    pub closed_by_reason: BTreeMap<&'static str, u64>,
     /// Times the registry was restarted by its supervisor.
     pub restarts: u64,
     /// Bytes reserved per session for the memory budget.
     pub reserve_bytes_per_session: usize,
+    /// The session limit in force.
+    pub max_sessions: usize,
+    /// Shutting down: admitting nobody.
+    pub draining: bool,
 }
 
 struct Entry {
@@ -102,7 +204,38 @@ struct Entry {
 struct Live {
     session: Recipient<Expire>,
     counters: Arc<SessionCounters>,
+    input: InputFormat,
     expiring: bool,
+}
+
+impl Live {
+    fn snapshot(&self, id: Uuid, peer: Option<IpAddr>, now: u64) -> SessionSnapshot {
+        let c = &self.counters;
+        let stats = c.stats();
+        SessionSnapshot {
+            id,
+            peer: peer.map(|p| p.to_string()),
+            age_ms: c.age_ms(now),
+            idle_ms: c.idle_ms(now),
+            input: self.input,
+            audio_ms: stats.audio_ms,
+            chunks_in: stats.chunks_in,
+            chunks_processed: stats.chunks_processed,
+            chunks_dropped: stats.chunks_dropped,
+            mailbox_depth: c
+                .stage_depths
+                .iter()
+                .map(|(stage, d)| StageDepth {
+                    stage: stage.clone(),
+                    depth: d.load(Relaxed).max(0),
+                })
+                .collect(),
+            events_sent: c.events_sent.load(Relaxed),
+            bytes_in: c.bytes_in.load(Relaxed),
+            bytes_out: c.bytes_out.load(Relaxed),
+            last_error: c.last_error.lock().ok().and_then(|e| *e),
+        }
+    }
 }
 
 /// Admits, tracks and expires sessions; see the module docs.
@@ -110,19 +243,28 @@ pub struct SessionRegistry {
     limits: RegistryLimits,
     reserve_bytes: usize,
     entries: HashMap<Uuid, Entry>,
+    /// Live sessions by (start time, id): stable, oldest-first pages without sorting.
+    order: BTreeSet<(u64, Uuid)>,
     per_ip: HashMap<IpAddr, usize>,
     draining: bool,
     drain_waiters: Vec<oneshot::Sender<()>>,
     stats: RegistryStats,
+    metrics: Arc<Metrics>,
+    stage: Arc<StageStats>,
+    sweep_handle: Option<SpawnHandle>,
 }
 
 impl SessionRegistry {
     /// A registry enforcing `limits`, reserving `reserve_bytes` of the memory budget per
     /// session (the session's worst case; see `SessionConfig::worst_case_bytes`).
-    pub fn new(limits: RegistryLimits, reserve_bytes: usize) -> Self {
+    pub fn new(limits: RegistryLimits, reserve_bytes: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             limits,
             reserve_bytes,
+            stage: metrics.stage("registry", 0),
+            metrics,
+            order: BTreeSet::new(),
+            sweep_handle: None,
             entries: HashMap::new(),
             per_ip: HashMap::new(),
             draining: false,
@@ -141,11 +283,27 @@ impl SessionRegistry {
 
     fn refuse(&mut self, error: AdmissionError) -> Result<Uuid, AdmissionError> {
         *self.stats.refused_total.entry(error.code()).or_default() += 1;
+        self.metrics
+            .sessions_refused
+            .get_or_create(&ReasonLabel {
+                reason: error.code().to_owned(),
+            })
+            .inc();
         Err(error)
     }
 
-    fn remove(&mut self, id: &Uuid) {
+    fn remove(&mut self, id: &Uuid, reason: &'static str) {
         if let Some(entry) = self.entries.remove(id) {
+            if let Some(live) = &entry.live {
+                self.order.remove(&(live.counters.started_ms, *id));
+                self.metrics.sessions_active.dec();
+                self.metrics
+                    .sessions_closed
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.to_owned(),
+                    })
+                    .inc();
+            }
             if let Some(n) = self.per_ip.get_mut(&entry.peer) {
                 *n -= 1;
                 if *n == 0 {
@@ -154,6 +312,7 @@ impl SessionRegistry {
             }
             if entry.live.is_some() {
                 self.stats.closed_total += 1;
+                *self.stats.closed_by_reason.entry(reason).or_default() += 1;
             }
         }
         if self.draining && self.entries.is_empty() {
@@ -168,9 +327,19 @@ impl SessionRegistry {
         self.entries
             .retain(|_, e| e.live.as_ref().is_none_or(|l| l.session.connected()));
         self.per_ip.clear();
-        for entry in self.entries.values() {
+        self.order.clear();
+        for (id, entry) in &self.entries {
             *self.per_ip.entry(entry.peer).or_default() += 1;
+            if let Some(live) = &entry.live {
+                self.order.insert((live.counters.started_ms, *id));
+            }
         }
+        self.metrics.sessions_active.set(self.order.len() as i64);
+    }
+
+    fn arm_sweep(&mut self, ctx: &mut Context<Self>) {
+        let every = Duration::from_millis(self.limits.sweep_interval_ms);
+        self.sweep_handle = Some(ctx.run_interval(every, |act, _| act.sweep()));
     }
 
     /// Expires sessions past their TTL or idle timeout; releases stale reservations.
@@ -203,7 +372,7 @@ impl SessionRegistry {
         }
         for id in stale {
             warn!(session = %id, "admitted client never completed the upgrade; slot released");
-            self.remove(&id);
+            self.remove(&id, "handshake_timeout");
         }
     }
 }
@@ -212,14 +381,17 @@ impl Actor for SessionRegistry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let every = Duration::from_millis(self.limits.sweep_interval_ms);
-        ctx.run_interval(every, |act, _| act.sweep());
+        self.stage.started();
+        self.arm_sweep(ctx);
     }
 }
 
 impl Supervised for SessionRegistry {
     fn restarting(&mut self, _ctx: &mut Self::Context) {
         self.stats.restarts += 1;
+        self.stage.restarted();
+        // `started` runs again after this and counts the actor alive again.
+        self.stage.stopped(0);
         self.rebuild();
         warn!(
             sessions = self.entries.len(),
@@ -263,6 +435,7 @@ impl Handler<Admit> for SessionRegistry {
         );
         *self.per_ip.entry(msg.peer).or_default() += 1;
         self.stats.admitted_total += 1;
+        self.metrics.sessions_admitted.inc();
         Ok(id)
     }
 }
@@ -287,9 +460,14 @@ impl Handler<Register> for SessionRegistry {
                 reason: CloseReason::ServerShutdown,
             });
         }
+        if entry.live.is_none() {
+            self.metrics.sessions_active.inc();
+        }
+        self.order.insert((msg.counters.started_ms, msg.id));
         entry.live = Some(Live {
             session: msg.session,
             counters: msg.counters,
+            input: msg.input,
             expiring,
         });
     }
@@ -300,7 +478,7 @@ impl Handler<Unregister> for SessionRegistry {
 
     /// Forgets a stopped session.
     fn handle(&mut self, msg: Unregister, _ctx: &mut Self::Context) {
-        self.remove(&msg.id);
+        self.remove(&msg.id, msg.reason);
     }
 }
 
@@ -317,7 +495,7 @@ impl Handler<Shutdown> for SessionRegistry {
             .map(|(id, _)| *id)
             .collect();
         for id in reserved {
-            self.remove(&id);
+            self.remove(&id, "server_shutdown");
         }
         for live in self.entries.values_mut().filter_map(|e| e.live.as_mut()) {
             if !live.expiring {
@@ -355,7 +533,63 @@ impl Handler<GetStats> for SessionRegistry {
         let mut stats = self.stats.clone();
         stats.sessions_active = live;
         stats.sessions_reserved = self.entries.len() - live;
+        stats.max_sessions = self.limits.max_sessions;
+        stats.draining = self.draining;
         MessageResult(stats)
+    }
+}
+
+impl Handler<ListSessions> for SessionRegistry {
+    type Result = MessageResult<ListSessions>;
+
+    /// Snapshots one page: O(offset + limit), whatever the number of sessions.
+    fn handle(&mut self, msg: ListSessions, _ctx: &mut Self::Context) -> Self::Result {
+        let now = now_ms();
+        let sessions = self
+            .order
+            .iter()
+            .skip(msg.offset)
+            .take(msg.limit)
+            .filter_map(|(_, id)| {
+                let entry = self.entries.get(id)?;
+                let peer = msg.show_peer.then_some(entry.peer);
+                Some(entry.live.as_ref()?.snapshot(*id, peer, now))
+            })
+            .collect();
+        MessageResult(SessionPage {
+            total: self.order.len(),
+            offset: msg.offset,
+            limit: msg.limit,
+            sessions,
+        })
+    }
+}
+
+impl Handler<GetSession> for SessionRegistry {
+    type Result = Option<SessionSnapshot>;
+
+    fn handle(&mut self, msg: GetSession, _ctx: &mut Self::Context) -> Self::Result {
+        let entry = self.entries.get(&msg.id)?;
+        let peer = msg.show_peer.then_some(entry.peer);
+        Some(entry.live.as_ref()?.snapshot(msg.id, peer, now_ms()))
+    }
+}
+
+impl Handler<UpdateLimits> for SessionRegistry {
+    type Result = ();
+
+    /// Applies to admissions and sweeps from now on; live sessions are not touched.
+    fn handle(&mut self, msg: UpdateLimits, ctx: &mut Self::Context) {
+        let sweep_changed = msg.limits.sweep_interval_ms != self.limits.sweep_interval_ms;
+        self.limits = msg.limits;
+        self.reserve_bytes = msg.reserve_bytes;
+        self.stats.reserve_bytes_per_session = msg.reserve_bytes;
+        if sweep_changed {
+            if let Some(handle) = self.sweep_handle.take() {
+                ctx.cancel_future(handle);
+            }
+            self.arm_sweep(ctx);
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! resamples to 16 kHz and fans blocks out to the processor stages.
 
 use crate::audio::{decode_to_mono, InputFormat, StreamResampler};
-use crate::counters::SessionCounters;
+use crate::counters::{SessionCounters, StageProbe};
+use crate::metrics::Metrics;
 use crate::processor::{FlushStage, ProcessorStage};
 use crate::session::PipelineOutput;
 use actix::prelude::*;
@@ -11,6 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Blocks still to be delivered to full processor mailboxes.
 type Backlog = Pin<Box<dyn Future<Output = Result<(), MailboxError>>>>;
@@ -29,6 +31,9 @@ pub struct AudioBlock {
     pub samples: Arc<[f32]>,
     /// Pipeline sample index of `samples[0]` (divide by 16 for ms).
     pub start: u64,
+    /// When the client chunk this block came from was received (event latency); `None` for
+    /// the filter tail emitted at flush.
+    pub received: Option<Instant>,
 }
 
 /// One binary frame of client audio, already checked to hold whole sample frames.
@@ -37,6 +42,8 @@ pub struct AudioBlock {
 pub struct AudioChunk {
     /// Interleaved PCM in the session's input format.
     pub data: Bytes,
+    /// When the session received it.
+    pub received: Instant,
 }
 
 /// Pump the filter tail, flush every processor, then tell the session `Flushed`.
@@ -55,21 +62,53 @@ pub struct Resampler {
     return_audio: bool,
     counters: Arc<SessionCounters>,
     mailbox_capacity: usize,
+    probe: StageProbe,
+    /// One per entry of `processors`.
+    processor_probes: Vec<StageProbe>,
+    metrics: Arc<Metrics>,
+}
+
+/// Where a resampler's output goes.
+#[derive(Debug)]
+pub struct Downstream {
+    /// Processor stages, in order; each gets every block.
+    pub processors: Vec<Addr<ProcessorStage>>,
+    /// The session: events, `Flushed`, and pipeline audio when `return_audio` is set.
+    pub sink: Recipient<PipelineOutput>,
+    /// Send pipeline audio back to the client.
+    pub return_audio: bool,
+}
+
+/// How a resampler reports on itself and its downstream stages.
+#[derive(Debug, Clone)]
+pub struct ResamplerProbes {
+    /// This stage.
+    pub own: StageProbe,
+    /// Each processor stage, in order.
+    pub processors: Vec<StageProbe>,
+    /// Server-wide metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Resampler {
-    /// A resampler for `format` feeding `processors`; pipeline audio goes back to `sink`
-    /// as well when `return_audio` is set.
+    /// A resampler for `format` feeding `downstream`.
     pub fn new(
         format: InputFormat,
         dsp: StreamResampler,
-        processors: Vec<Addr<ProcessorStage>>,
-        sink: Recipient<PipelineOutput>,
-        return_audio: bool,
+        downstream: Downstream,
         counters: Arc<SessionCounters>,
         mailbox_capacity: usize,
+        probes: ResamplerProbes,
     ) -> Self {
+        let Downstream {
+            processors,
+            sink,
+            return_audio,
+        } = downstream;
         Self {
+            probe: probes.own,
+            processor_probes: probes.processors,
+            metrics: probes.metrics,
             format,
             dsp,
             mono: Vec::with_capacity(DECODE_STEP_FRAMES),
@@ -91,7 +130,7 @@ impl Resampler {
     }
 
     /// Cuts `self.out` into blocks (all of it when `all`, else only whole blocks).
-    fn take_blocks(&mut self, all: bool, blocks: &mut Vec<AudioBlock>) {
+    fn take_blocks(&mut self, all: bool, received: Option<Instant>, blocks: &mut Vec<AudioBlock>) {
         let mut from = 0;
         while self.out.len() - from >= MAX_BLOCK_SAMPLES || (all && from < self.out.len()) {
             let to = (from + MAX_BLOCK_SAMPLES).min(self.out.len());
@@ -100,7 +139,14 @@ impl Resampler {
             self.counters
                 .pipeline_samples
                 .store(start + samples.len() as u64, Relaxed);
-            blocks.push(AudioBlock { samples, start });
+            self.metrics
+                .audio_seconds
+                .inc_by(samples.len() as f64 / f64::from(crate::audio::PIPELINE_RATE));
+            blocks.push(AudioBlock {
+                samples,
+                start,
+                received,
+            });
             from = to;
         }
         self.out.drain(..from);
@@ -119,16 +165,20 @@ impl Resampler {
             }
         }
         let mut backlog: Vec<(Addr<ProcessorStage>, Vec<AudioBlock>)> = Vec::new();
-        for stage in &self.processors {
+        for (stage, probe) in self.processors.iter().zip(&self.processor_probes) {
             let mut rest = Vec::new();
             for block in &blocks {
                 if !rest.is_empty() {
+                    probe.queued();
                     rest.push(block.clone());
                     continue;
                 }
                 match stage.try_send(block.clone()) {
-                    Ok(()) => {}
-                    Err(SendError::Full(b)) => rest.push(b),
+                    Ok(()) => probe.queued(),
+                    Err(SendError::Full(b)) => {
+                        probe.queued();
+                        rest.push(b);
+                    }
                     Err(SendError::Closed(_)) => return Err(MailboxError::Closed),
                 }
             }
@@ -162,6 +212,14 @@ impl Resampler {
 
 impl Actor for Resampler {
     type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        self.probe.started();
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.probe.stopped();
+    }
 }
 
 impl Handler<AudioChunk> for Resampler {
@@ -169,6 +227,8 @@ impl Handler<AudioChunk> for Resampler {
 
     /// Decodes, resamples and forwards one chunk.
     fn handle(&mut self, chunk: AudioChunk, ctx: &mut Self::Context) {
+        let began = Instant::now();
+        let received = Some(chunk.received);
         let step = DECODE_STEP_FRAMES * self.format.frame_bytes();
         let mut blocks = Vec::new();
         for piece in chunk.data.chunks(step) {
@@ -178,17 +238,19 @@ impl Handler<AudioChunk> for Resampler {
                 self.fail(ctx);
                 return;
             }
-            self.take_blocks(false, &mut blocks);
+            self.take_blocks(false, received, &mut blocks);
         }
         // Emit the remainder too: holding it back would only add latency.
-        self.take_blocks(true, &mut blocks);
+        self.take_blocks(true, received, &mut blocks);
         self.counters
             .inflight_bytes
             .fetch_sub(chunk.data.len(), Relaxed);
         self.counters.chunks_processed.fetch_add(1, Relaxed);
         // Audio that waited for room is activity too: a blocked session is not idle.
         self.counters.touch();
-        match self.forward(blocks) {
+        let forwarded = self.forward(blocks);
+        self.probe.handled(began.elapsed());
+        match forwarded {
             Ok(None) => {}
             Ok(Some(backlog)) => ctx.wait(backlog.into_actor(self).map(|res, act, ctx| {
                 if res.is_err() {
@@ -206,18 +268,22 @@ impl Handler<Flush> for Resampler {
     /// Drains the filter, flushes the processors (after the last blocks are in), then
     /// reports `Flushed` through the sink so it follows every event of the flushed audio.
     fn handle(&mut self, _msg: Flush, ctx: &mut Self::Context) {
+        let began = Instant::now();
         if self.dsp.flush(&mut self.out).is_err() {
             self.fail(ctx);
             return;
         }
         let mut blocks = Vec::new();
-        self.take_blocks(true, &mut blocks);
-        let backlog = match self.forward(blocks) {
+        self.take_blocks(true, None, &mut blocks);
+        let forwarded = self.forward(blocks);
+        self.probe.handled(began.elapsed());
+        let backlog = match forwarded {
             Ok(backlog) => backlog,
             Err(_) => return self.fail(ctx),
         };
         let end_sample = self.counters.pipeline_samples.load(Relaxed);
         let stages = self.processors.clone();
+        self.processor_probes.iter().for_each(StageProbe::queued);
         // One future, so the flush cannot overtake blocks still waiting for mailbox room.
         let flush_all = async move {
             if let Some(backlog) = backlog {

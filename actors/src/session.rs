@@ -9,6 +9,7 @@
 
 use crate::counters::SessionCounters;
 use crate::error::SessionError;
+use crate::metrics::{Direction, FrameKind, Metrics, StageStats};
 use crate::pipeline::Pipeline;
 use crate::processors::ProcessorCatalog;
 use crate::protocol::{
@@ -49,7 +50,12 @@ pub struct SessionConfig {
 #[rtype(result = "()")]
 pub enum PipelineOutput {
     /// Events from processors, in order.
-    Events(Vec<crate::protocol::ServerEvent>),
+    Events {
+        /// The events.
+        events: Vec<crate::protocol::ServerEvent>,
+        /// When the chunk that caused them was received (`None` for flush-time events).
+        received: Option<Instant>,
+    },
     /// Pipeline audio for `return_audio` (16 kHz mono).
     Audio(Arc<[f32]>),
     /// Everything before the last `Flush` went through; every event of it precedes this.
@@ -96,6 +102,10 @@ pub struct Session {
     closing: Option<CloseReason>,
     /// Flushes sent to the pipeline and not yet answered, oldest first.
     flushes: VecDeque<FlushKind>,
+    /// Why the session ended, for the registry and metrics (`connection_lost` until known).
+    end_reason: &'static str,
+    metrics: Arc<Metrics>,
+    stage: Arc<StageStats>,
     span: tracing::Span,
 }
 
@@ -108,16 +118,22 @@ impl Session {
         config: Arc<SessionConfig>,
         catalog: Arc<ProcessorCatalog>,
         registry: Addr<SessionRegistry>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let span = tracing::info_span!("session", id = %id);
+        let stages = std::iter::once("resampler".to_owned())
+            .chain(config.pipeline.processors.iter().cloned());
         Self {
+            counters: Arc::new(SessionCounters::new(stages)),
+            end_reason: "connection_lost",
+            stage: metrics.stage("session", 0),
+            metrics,
             id,
             peer,
             params,
             config,
             catalog,
             registry,
-            counters: Arc::new(SessionCounters::new()),
             pipeline: None,
             binary_frames: 0,
             last_heard: Instant::now(),
@@ -128,7 +144,14 @@ impl Session {
     }
 
     fn send_event(&self, ctx: &mut ws::WebsocketContext<Self>, event: &ServerEvent) {
-        ctx.text(event.to_json());
+        let text = event.to_json();
+        self.metrics
+            .frame(Direction::Out, FrameKind::Text, text.len());
+        self.counters.events_sent.fetch_add(1, Relaxed);
+        self.counters
+            .bytes_out
+            .fetch_add(text.len() as u64, Relaxed);
+        ctx.text(text);
     }
 
     /// Sends an error event, logging it under a fresh correlation id. Fatal errors end the
@@ -143,6 +166,9 @@ impl Session {
                 info!(%correlation_id, code = error.code(), "{error}");
             }
         });
+        if let Ok(mut last) = self.counters.last_error.lock() {
+            *last = Some(error.code());
+        }
         let seq = match error {
             SessionError::AudioDropped { seq } => Some(seq),
             _ => None,
@@ -165,8 +191,10 @@ impl Session {
     /// Sends `session.closed` and closes with `code`.
     fn finish(&mut self, ctx: &mut ws::WebsocketContext<Self>, reason: CloseReason, code: u16) {
         self.closing = Some(reason);
+        self.end_reason = reason.as_str();
         let stats = self.counters.stats();
         self.send_event(ctx, &ServerEvent::SessionClosed { reason, stats });
+        self.metrics.frame(Direction::Out, FrameKind::Close, 2);
         ctx.close(Some(ws::CloseReason {
             code: ws::CloseCode::from(code),
             description: None,
@@ -205,6 +233,7 @@ impl Session {
         };
         self.flushes.push_back(kind);
         let resampler = pipeline.resampler.clone();
+        pipeline.resampler_probe.queued();
         match resampler.try_send(Flush) {
             Ok(()) => {}
             // Control is never dropped: wait for room, reading nothing meanwhile.
@@ -258,18 +287,25 @@ impl Session {
             return self.report(ctx, SessionError::Internal);
         };
         let resampler = pipeline.resampler.clone();
+        let probe = pipeline.resampler_probe.clone();
         let len = data.len();
         let inflight = self.counters.inflight_bytes.load(Relaxed);
         // Over the byte bound counts as full, unless nothing is in flight (one frame of up
         // to `max_binary_frame_bytes` is always accepted).
         let over = inflight > 0 && inflight + len > self.config.pipeline.max_inflight_bytes.get();
-        let chunk = AudioChunk { data };
+        let chunk = AudioChunk {
+            data,
+            received: Instant::now(),
+        };
         let refused = if over {
             Some(chunk)
         } else {
             self.counters.inflight_bytes.fetch_add(len, Relaxed);
             match resampler.try_send(chunk) {
-                Ok(()) => None,
+                Ok(()) => {
+                    probe.queued();
+                    None
+                }
                 Err(SendError::Full(chunk)) => {
                     self.counters.inflight_bytes.fetch_sub(len, Relaxed);
                     Some(chunk)
@@ -284,6 +320,7 @@ impl Session {
             BackpressurePolicy::Block => {
                 // Reading stops until the pipeline took this chunk: TCP pushes back.
                 self.counters.inflight_bytes.fetch_add(len, Relaxed);
+                probe.queued();
                 ctx.wait(resampler.send(chunk).into_actor(self).map(|res, act, ctx| {
                     // We were not reading, so silence from the client meanwhile is ours.
                     act.last_heard = Instant::now();
@@ -294,6 +331,7 @@ impl Session {
             }
             BackpressurePolicy::DropNewest => {
                 self.counters.chunks_dropped.fetch_add(1, Relaxed);
+                self.metrics.chunks_dropped.inc();
                 self.report(ctx, SessionError::AudioDropped { seq });
             }
         }
@@ -357,6 +395,7 @@ impl Actor for Session {
 
     /// Builds the pipeline, registers, and greets the client.
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.stage.started();
         let sink = ctx.address().recipient();
         match Pipeline::start(
             self.id,
@@ -365,6 +404,7 @@ impl Actor for Session {
             &self.catalog,
             sink,
             self.counters.clone(),
+            &self.metrics,
         ) {
             Ok(pipeline) => self.pipeline = Some(pipeline),
             Err(e) => {
@@ -377,6 +417,7 @@ impl Actor for Session {
             id: self.id,
             session: ctx.address().recipient(),
             counters: self.counters.clone(),
+            input: self.params.input,
         });
         self.span
             .in_scope(|| info!(peer = %self.peer, input = ?self.params.input, "session started"));
@@ -392,25 +433,63 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.registry.do_send(Unregister { id: self.id });
+        self.stage.stopped(0);
+        self.registry.do_send(Unregister {
+            id: self.id,
+            reason: self.end_reason,
+        });
     }
 }
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
     /// Dispatches every frame kind; protocol errors end the session.
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        self.last_heard = Instant::now();
+        let began = Instant::now();
+        self.last_heard = began;
+        if let Ok(frame) = &msg {
+            let (kind, len) = match frame {
+                ws::Message::Binary(b) => (FrameKind::Binary, b.len()),
+                ws::Message::Text(t) => (FrameKind::Text, t.len()),
+                ws::Message::Ping(p) => (FrameKind::Ping, p.len()),
+                ws::Message::Pong(p) => (FrameKind::Pong, p.len()),
+                ws::Message::Close(_) => (FrameKind::Close, 0),
+                ws::Message::Continuation(_) | ws::Message::Nop => (FrameKind::Binary, 0),
+            };
+            self.metrics.frame(Direction::In, kind, len);
+            self.counters.bytes_in.fetch_add(len as u64, Relaxed);
+        }
+        self.dispatch(msg, ctx);
+        self.stage.handled(began.elapsed());
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Session {
+    /// Handles one frame by kind; protocol errors end the session.
+    fn dispatch(
+        &mut self,
+        msg: Result<ws::Message, ws::ProtocolError>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
         match msg {
             Ok(ws::Message::Binary(data)) => self.on_audio(ctx, data),
             Ok(ws::Message::Text(text)) => self.on_text(ctx, &text),
             Ok(ws::Message::Ping(payload)) => {
                 self.counters.touch();
+                self.metrics
+                    .frame(Direction::Out, FrameKind::Pong, payload.len());
                 ctx.pong(&payload);
             }
             Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
             Ok(ws::Message::Close(reason)) => {
                 self.span
                     .in_scope(|| info!(?reason, "client closed the connection"));
+                if self.closing.is_none() {
+                    self.end_reason = "client_closed";
+                }
                 ctx.close(reason);
                 ctx.stop();
             }
@@ -430,10 +509,6 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
             Err(_) => self.report(ctx, SessionError::Protocol),
         }
     }
-
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
 }
 
 impl Handler<PipelineOutput> for Session {
@@ -442,12 +517,23 @@ impl Handler<PipelineOutput> for Session {
     /// Turns pipeline output into frames for the client.
     fn handle(&mut self, msg: PipelineOutput, ctx: &mut Self::Context) {
         match msg {
-            PipelineOutput::Events(events) => {
+            PipelineOutput::Events { events, received } => {
                 for event in &events {
                     self.send_event(ctx, event);
                 }
+                if let Some(received) = received {
+                    self.metrics
+                        .event_latency
+                        .observe(received.elapsed().as_secs_f64());
+                }
             }
-            PipelineOutput::Audio(samples) => ctx.binary(to_s16le(&samples)),
+            PipelineOutput::Audio(samples) => {
+                let pcm = to_s16le(&samples);
+                self.metrics
+                    .frame(Direction::Out, FrameKind::Binary, pcm.len());
+                self.counters.bytes_out.fetch_add(pcm.len() as u64, Relaxed);
+                ctx.binary(pcm);
+            }
             PipelineOutput::Flushed { audio_ms } => {
                 if self.flushes.pop_front() == Some(FlushKind::Requested) {
                     self.send_event(ctx, &ServerEvent::Flushed { audio_ms });

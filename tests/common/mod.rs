@@ -310,20 +310,24 @@ impl TestServer {
         overrides: &[(&str, &str)],
         catalog: ProcessorCatalog,
     ) -> Self {
-        let env: std::collections::HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let settings =
-            voxrt::Settings::load_from(Some("test"), &env, overrides).expect("test settings load");
+        let source = voxrt::ConfigSource {
+            profile: Some("test".into()),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            overrides: overrides
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let settings = source.load().expect("test settings load");
         voxrt::logging::init(&settings.log);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                let server = voxrt::start(settings, catalog)
-                    .await
-                    .expect("server starts");
+                let server = voxrt::start(source, catalog).await.expect("server starts");
                 ready_tx
                     .send((server.addr, server.registry.clone()))
                     .expect("test alive");

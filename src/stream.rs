@@ -1,4 +1,4 @@
-//! HTTP routes: `GET /v1/stream` (admission, then WebSocket upgrade).
+//! `GET /v1/stream`: admission, then WebSocket upgrade.
 
 use crate::refusal::refuse;
 use crate::AppState;
@@ -7,11 +7,12 @@ use actix_web_actors::ws;
 use std::collections::HashMap;
 use voxrt_actors::error::AdmissionError;
 use voxrt_actors::intake::FramePacedPayload;
+use voxrt_actors::metrics::StatusLabel;
 use voxrt_actors::protocol::StreamParams;
 use voxrt_actors::registry::{Admit, Unregister};
 use voxrt_actors::session::Session;
 
-/// Registers the routes.
+/// Registers the route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/stream", web::get().to(stream));
 }
@@ -25,6 +26,17 @@ async fn stream(
     state: web::Data<AppState>,
 ) -> HttpResponse {
     let peer = req.peer_addr().map(|a| a.ip());
+    let current = state.current();
+    let refuse = |e: &AdmissionError, peer| {
+        state
+            .metrics
+            .http_refusals
+            .get_or_create(&StatusLabel {
+                status: e.http_status(),
+            })
+            .inc();
+        refuse(e, peer)
+    };
     if ws::handshake(&req).is_err() {
         return refuse(&AdmissionError::NotWebSocket, peer);
     }
@@ -38,7 +50,7 @@ async fn stream(
             return refuse(&error, peer);
         }
     };
-    let params = match StreamParams::from_query(&query, &state.settings.vad) {
+    let params = match StreamParams::from_query(&query, &current.settings.vad) {
         Ok(p) => p,
         Err(e) => return refuse(&e, peer),
     };
@@ -50,14 +62,15 @@ async fn stream(
         Ok(Err(e)) => return refuse(&e, Some(peer)),
         Err(_) => return refuse(&AdmissionError::Internal, Some(peer)),
     };
-    let limits = &state.settings.session;
+    let limits = &current.settings.session;
     let session = Session::new(
         id,
         peer,
         params,
-        state.session_config.clone(),
+        current.session_config.clone(),
         state.catalog.clone(),
         state.registry.clone(),
+        state.metrics.clone(),
     );
     match ws::WsResponseBuilder::new(session, &req, FramePacedPayload::new(payload))
         .frame_size(
@@ -70,7 +83,10 @@ async fn stream(
         Ok(response) => response,
         Err(e) => {
             tracing::warn!(session = %id, error = %e, "WebSocket upgrade failed");
-            state.registry.do_send(Unregister { id });
+            state.registry.do_send(Unregister {
+                id,
+                reason: "upgrade_failed",
+            });
             refuse(&AdmissionError::NotWebSocket, Some(peer))
         }
     }

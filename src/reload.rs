@@ -1,0 +1,64 @@
+//! Applying a re-read configuration to a running server (SIGHUP, `POST /v1/admin/reload`).
+//!
+//! New limits, log level, pipeline and VAD/level defaults apply to sessions admitted from
+//! now on; live sessions keep the configuration they started with. Settings that need a new
+//! listener or worker pool (`server.*`, `admin.bind`, `log.format`) keep their running
+//! values and the log says so. An invalid configuration changes nothing.
+
+use crate::settings::{Settings, SettingsError};
+
+use crate::{logging, AppState, Current};
+use std::sync::Arc;
+use tracing::{info, warn};
+use voxrt_actors::registry::UpdateLimits;
+
+/// Re-reads the configuration source and applies it; returns the new config hash.
+pub(crate) fn reload(state: &AppState) -> Result<String, SettingsError> {
+    let loaded = state.source.load().and_then(|s| {
+        s.validate(&state.catalog)?;
+        Ok(s)
+    });
+    let mut next = match loaded {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("configuration reload refused, running configuration kept: {e}");
+            return Err(e);
+        }
+    };
+    let old = state.current();
+    keep_restart_only(&old.settings, &mut next);
+    state.registry.do_send(UpdateLimits {
+        limits: next.registry,
+        reserve_bytes: next.session_worst_case_bytes(),
+    });
+    logging::set_level(&next.log.level);
+    let current = Arc::new(Current::new(next));
+    let hash = current.hash.clone();
+    match state.current.write() {
+        Ok(mut c) => *c = current,
+        Err(poisoned) => *poisoned.into_inner() = current,
+    }
+    info!(hash = %hash, "configuration reloaded");
+    Ok(hash)
+}
+
+/// Copies settings that only a restart can change from `running` into `next`, logging each
+/// one that differed.
+fn keep_restart_only(running: &Settings, next: &mut Settings) {
+    let mut ignored = Vec::new();
+    if serde_json::to_value(&running.server).ok() != serde_json::to_value(&next.server).ok() {
+        ignored.push("server");
+        next.server = running.server.clone();
+    }
+    if running.admin.bind != next.admin.bind {
+        ignored.push("admin.bind");
+        next.admin.bind = running.admin.bind.clone();
+    }
+    if running.log.format != next.log.format {
+        ignored.push("log.format");
+        next.log.format = running.log.format;
+    }
+    if !ignored.is_empty() {
+        warn!(keys = ?ignored, "these settings changed but take effect only after a restart");
+    }
+}
