@@ -1,6 +1,7 @@
 # voxrt container image.
 #   docker build -t voxrt .
-#   docker run --rm -p 8080:8080 voxrt
+#   docker run --rm -p 8080:8080 -e VOXRT_ADMIN__TOKEN_SHA256=$(voxrt hash-token < token) voxrt
+# (the production profile requires an admin token hash; see docs/operations.md)
 # Dependencies build in their own layer, so a change to voxrt's code rebuilds only voxrt.
 
 FROM rust:1.95-bookworm AS builder
