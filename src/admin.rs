@@ -21,7 +21,10 @@ pub fn denial(req: &HttpRequest, expected_sha256: &str) -> Option<HttpResponse> 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        // The scheme is case-insensitive (RFC 7235).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token)
         .map(|t| Sha256::digest(t.trim().as_bytes()));
     let expected = hex::decode(expected_sha256).unwrap_or_default();
     let ok = presented.is_some_and(|p| bool::from(p.as_slice().ct_eq(&expected)));
@@ -44,6 +47,22 @@ pub fn denial(req: &HttpRequest, expected_sha256: &str) -> Option<HttpResponse> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_token_must_match() {
+        let expected = hash_token("s3cret");
+        let with = |auth: &str| {
+            let req = actix_web::test::TestRequest::default()
+                .insert_header((header::AUTHORIZATION, auth))
+                .to_http_request();
+            denial(&req, &expected).is_none()
+        };
+        assert!(with("Bearer s3cret"));
+        assert!(with("bearer s3cret"));
+        assert!(!with("Bearer s3cre"));
+        assert!(!with("Basic s3cret"));
+        assert!(!with(&format!("Bearer {expected}")));
+    }
 
     #[test]
     fn hash_is_sha256_hex() {

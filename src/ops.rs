@@ -180,7 +180,9 @@ async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         return denied;
     }
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        // prometheus-client writes OpenMetrics 1.0 text (`# EOF`, `# UNIT`), which
+        // Prometheus reads as such only when labelled so.
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(state.metrics.encode())
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod audio;
+pub mod process;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -20,6 +21,8 @@ pub const HANG: Duration = Duration::from_secs(60);
 /// A server running on its own thread; shut down (gracefully) on drop.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The admin listener, when `admin.bind` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub registry: actix::Addr<SessionRegistry>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -119,6 +122,11 @@ impl Client {
             }
             Err(e) => panic!("connect failed: {e}"),
         };
+        Ok(Client::from_stream(ws).await)
+    }
+
+    /// Wraps an upgraded connection and reads `session.started`.
+    pub async fn from_stream(ws: Ws) -> Client {
         let mut client = Client {
             ws,
             started: Value::Null,
@@ -127,7 +135,7 @@ impl Client {
             Received::Event(v) if v["type"] == "session.started" => client.started = v,
             other => panic!("expected session.started, got {other:?}"),
         }
-        Ok(client)
+        client
     }
 
     pub async fn send_audio(&mut self, bytes: Vec<u8>) {
@@ -329,15 +337,16 @@ impl TestServer {
             actix_web::rt::System::new().block_on(async move {
                 let server = voxrt::start(source, catalog).await.expect("server starts");
                 ready_tx
-                    .send((server.addr, server.registry.clone()))
+                    .send((server.addr, server.admin_addr, server.registry.clone()))
                     .expect("test alive");
                 let _ = stop_rx.await;
                 server.shutdown().await;
             });
         });
-        let (addr, registry) = ready_rx.recv_timeout(HANG).expect("server ready");
+        let (addr, admin_addr, registry) = ready_rx.recv_timeout(HANG).expect("server ready");
         TestServer {
             addr,
+            admin_addr,
             registry,
             stop: Some(stop_tx),
             thread: Some(thread),

@@ -1,0 +1,117 @@
+//! The real `voxrt` binary as operators run it: a child process on an OS-picked port whose
+//! JSON log lines are read on a thread.
+
+use super::HANG;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+/// A `voxrt` process on an OS-picked port, with JSON logs read on a thread.
+pub struct ServerProcess {
+    pub child: Child,
+    pub port: u16,
+    pub logs: mpsc::Receiver<Value>,
+}
+
+/// The `voxrt` binary with a clean environment (only `PATH`) and the test profile.
+pub fn voxrt() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_voxrt"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("VOXRT_PROFILE", "test");
+    cmd
+}
+
+impl ServerProcess {
+    /// Starts `voxrt` with JSON logs at info plus `envs`, and waits for "voxrt listening".
+    pub fn start(envs: &[(&str, &str)]) -> Self {
+        let mut child = voxrt()
+            .env("VOXRT_LOG__FORMAT", "json")
+            .env("VOXRT_LOG__LEVEL", "info")
+            .envs(envs.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("voxrt starts");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (tx, logs) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if tx.send(v).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        let mut port = None;
+        while port.is_none() {
+            let line = logs.recv_timeout(HANG).expect("voxrt logs its address");
+            if line["message"] == "voxrt listening" {
+                let addr: std::net::SocketAddr =
+                    line["addr"].as_str().expect("addr").parse().expect("addr");
+                port = Some(addr.port());
+            }
+        }
+        ServerProcess {
+            child,
+            port: port.expect("port"),
+            logs,
+        }
+    }
+
+    /// `ws://127.0.0.1:{port}/v1/stream?{query}`.
+    pub fn url(&self, query: &str) -> String {
+        format!("ws://127.0.0.1:{}/v1/stream?{}", self.port, query)
+    }
+
+    /// `http://127.0.0.1:{port}`.
+    pub fn http(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends signal `name` (e.g. "TERM", "HUP") to the process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    /// Reads log lines until one satisfies `pred` and returns it; panics after [`HANG`]
+    /// with `what`. Lines read before it are consumed.
+    pub fn wait_for_log(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + HANG;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.logs.recv_timeout(left) {
+                Ok(line) if pred(&line) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no log line {what}: {e}"),
+            }
+        }
+    }
+
+    /// Waits for exit (bounded by the hang timeout) and returns the exit code.
+    pub fn wait(mut self) -> (Option<i32>, Vec<Value>) {
+        let deadline = std::time::Instant::now() + HANG;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                let logs = self.logs.try_iter().collect();
+                return (status.code(), logs);
+            }
+            assert!(std::time::Instant::now() < deadline, "voxrt did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
