@@ -11,6 +11,7 @@ COPY Cargo.toml Cargo.lock ./
 COPY actors/Cargo.toml actors/Cargo.toml
 RUN mkdir -p src actors/src \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs actors/src/lib.rs \
+ && mkdir -p actors/benches && touch actors/benches/registry_stats.rs \
  && cargo build --release --locked --bin voxrt \
  && rm -rf src actors/src
 # 2. voxrt itself.
@@ -32,4 +33,7 @@ ENV VOXRT_PROFILE=production
 EXPOSE 8080
 # SIGTERM drains sessions within server.shutdown_grace_s (8 s), inside Docker's 10 s default.
 STOPSIGNAL SIGTERM
+# The binary checks itself (GET /health on the configured port): the image needs no curl.
+HEALTHCHECK --interval=10s --timeout=5s --retries=3 \
+  CMD ["/usr/local/bin/voxrt", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/voxrt"]

@@ -5,6 +5,7 @@
 //! - [`server`]: binds, starts the registry and HTTP workers, and shuts down in order.
 //! - `stream`: `GET /v1/stream` admission and upgrade.
 //! - `ops`: `/health`, `/ready`, `/v1/stats*`, `/metrics`, `/v1/admin/reload`.
+//! - `client_ip`: the client address behind trusted reverse proxies (X-Forwarded-For).
 //! - [`admin`]: the admin bearer token (hashing, constant-time check).
 //! - `reload`: applying a re-read configuration to a running server.
 //! - `refusal`: HTTP JSON errors before the upgrade.
@@ -15,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+mod client_ip;
 pub mod logging;
 mod ops;
 mod refusal;

@@ -24,6 +24,36 @@ enum Command {
     /// Print the SHA-256 of an admin token for admin.token_sha256. Reads the token from
     /// standard input (so it stays out of shell history and process lists).
     HashToken,
+    /// Check that the server configured by the same settings answers GET /health: exit 0
+    /// if it does, 1 (with a one-line reason) if not. For container HEALTHCHECKs.
+    Healthcheck,
+}
+
+fn healthcheck(source: &ConfigSource) -> ExitCode {
+    let settings = match source.load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("voxrt healthcheck: invalid configuration: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let url = voxrt::server::health_url(&settings);
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(3)))
+        .http_status_as_error(false)
+        .build()
+        .new_agent();
+    match agent.get(&url).call() {
+        Ok(r) if r.status() == 200 => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("voxrt healthcheck: {url} answered {}", r.status());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("voxrt healthcheck: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn hash_token() -> ExitCode {
@@ -38,11 +68,13 @@ fn hash_token() -> ExitCode {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::HashToken) = args.command {
-        return hash_token();
+    let source = ConfigSource::from_process();
+    match args.command {
+        Some(Command::HashToken) => return hash_token(),
+        Some(Command::Healthcheck) => return healthcheck(&source),
+        None => {}
     }
     let catalog = ProcessorCatalog::with_builtins();
-    let source = ConfigSource::from_process();
     let settings = match source.load().and_then(|s| s.validate(&catalog).map(|()| s)) {
         Ok(s) => s,
         Err(e) => {

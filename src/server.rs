@@ -52,6 +52,18 @@ fn bind(addr: &str) -> Result<TcpListener, StartError> {
     Ok(listener)
 }
 
+/// Where `voxrt healthcheck` finds this server's `/health`: the configured port on the
+/// loopback address when the server listens on every interface.
+pub fn health_url(settings: &crate::Settings) -> String {
+    let host = match settings.server.host.as_str() {
+        "0.0.0.0" => "127.0.0.1",
+        "::" => "[::1]",
+        h if h.contains(':') => return format!("http://[{h}]:{}/health", settings.server.port),
+        h => h,
+    };
+    format!("http://{host}:{}/health", settings.server.port)
+}
+
 /// Loads and validates settings from `source`, binds, and starts serving on the current
 /// actix system. `catalog` holds the processors `pipeline.processors` may name. The source
 /// is kept: a reload re-reads it.

@@ -115,6 +115,31 @@ pub struct ServerSettings {
     pub workers: usize,
     /// Seconds sessions get to close on shutdown.
     pub shutdown_grace_s: u64,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<TrustedProxy>,
+}
+
+/// A trusted proxy: one address or a CIDR range (`10.0.0.0/8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TrustedProxy(pub ipnet::IpNet);
+
+impl TryFrom<String> for TrustedProxy {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let s = s.trim();
+        s.parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(TrustedProxy)
+            .map_err(|_| format!("\"{s}\" is not an IP address or CIDR range (e.g. 10.0.0.0/8)"))
+    }
+}
+
+impl From<TrustedProxy> for String {
+    fn from(p: TrustedProxy) -> String {
+        p.0.to_string()
+    }
 }
 
 /// `[log]`.
@@ -218,6 +243,7 @@ impl Settings {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("pipeline.processors")
+                .with_list_parse_key("server.trusted_proxies")
                 .source(Some(vars)),
         );
         for (key, value) in overrides {
@@ -442,6 +468,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("admin.token_sha256"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_ranges() {
+        let s = Settings::load_from(
+            None,
+            &env(&[("VOXRT_SERVER__TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1")]),
+            &[],
+        )
+        .unwrap();
+        let shown: Vec<String> = s
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|p| String::from(*p))
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "127.0.0.1/32"]);
+        let err = Settings::load_from(
+            None,
+            &env(&[("VOXRT_SERVER__TRUSTED_PROXIES", "nope")]),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not an IP address or CIDR range"), "{err}");
     }
 
     #[test]

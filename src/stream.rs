@@ -1,5 +1,6 @@
 //! `GET /v1/stream`: admission, then WebSocket upgrade.
 
+use crate::client_ip::client_ip;
 use crate::refusal::refuse;
 use crate::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -25,8 +26,14 @@ async fn stream(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let peer = req.peer_addr().map(|a| a.ip());
     let current = state.current();
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok().map(str::to_owned));
+    let peer = req
+        .peer_addr()
+        .map(|a| client_ip(a.ip(), forwarded, &current.settings.server.trusted_proxies));
     let refuse = |e: &AdmissionError, peer| {
         state
             .metrics

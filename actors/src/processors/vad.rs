@@ -135,9 +135,9 @@ fn detector_frame(frame: &[f32], rng: &mut u64) -> [i16; VAD_FRAME] {
         *rng ^= *rng >> 7;
         *rng ^= *rng << 17;
         let white = (*rng >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
-        *o = ((s + white * floor) * 32768.0)
-            .round()
-            .clamp(-32768.0, 32767.0) as i16;
+        // `as` saturates at the i16 range; truncation instead of rounding is inaudible to
+        // the detector and avoids a libm call per sample (seen in profiles).
+        *o = ((s + white * floor) * 32768.0) as i16;
     }
     out
 }
