@@ -1,0 +1,181 @@
+//! Messages the SessionRegistry handles, and the snapshots it answers with.
+
+use crate::audio::InputFormat;
+use crate::counters::SessionCounters;
+use crate::error::AdmissionError;
+use crate::session::Expire;
+use crate::settings::RegistryLimits;
+use actix::prelude::*;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Asks for a slot for a new session from `peer`.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Uuid, AdmissionError>")]
+pub struct Admit {
+    /// The client's address (per-IP limits).
+    pub peer: IpAddr,
+}
+
+/// A session actor is running under an admitted id.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Register {
+    /// The id [`Admit`] returned.
+    pub id: Uuid,
+    /// Where expiry notices go.
+    pub session: Recipient<Expire>,
+    /// The session's live counters.
+    pub counters: Arc<SessionCounters>,
+    /// What the client sends.
+    pub input: InputFormat,
+}
+
+/// A session actor has stopped.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Unregister {
+    /// The session's id.
+    pub id: Uuid,
+    /// Why it ended: a `session.closed` reason, or `client_closed`, `connection_lost`,
+    /// `heartbeat_timeout` when the client went away first.
+    pub reason: &'static str,
+}
+
+/// Stop admitting, tell every session to close with `server_shutdown`, and answer when
+/// none is left.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Ids of live sessions (for the shutdown log).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Vec<Uuid>")]
+pub struct LiveSessions;
+
+/// Counters for operators.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "RegistryStats")]
+pub struct GetStats;
+
+/// A page of live sessions, oldest first.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "SessionPage")]
+pub struct ListSessions {
+    /// Sessions to skip.
+    pub offset: usize,
+    /// Most sessions to return.
+    pub limit: usize,
+    /// Include client addresses.
+    pub show_peer: bool,
+}
+
+/// One live session, if it exists.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Option<SessionSnapshot>")]
+pub struct GetSession {
+    /// The session.
+    pub id: Uuid,
+    /// Include the client address.
+    pub show_peer: bool,
+}
+
+/// New limits (a config reload); they apply to admissions from now on.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct UpdateLimits {
+    /// The limits.
+    pub limits: RegistryLimits,
+    /// The per-session memory reservation.
+    pub reserve_bytes: usize,
+}
+
+/// A page of sessions.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionPage {
+    /// Live sessions in all.
+    pub total: usize,
+    /// Offset of the first in `sessions`.
+    pub offset: usize,
+    /// Page size asked for.
+    pub limit: usize,
+    /// The page, oldest session first.
+    pub sessions: Vec<SessionSnapshot>,
+}
+
+/// Mailbox depth of one pipeline stage of a session.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageDepth {
+    /// Stage name.
+    pub stage: String,
+    /// Messages queued.
+    pub depth: i64,
+}
+
+/// One live session as operators see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionSnapshot {
+    /// Session id.
+    pub id: Uuid,
+    /// Client address, when configured to show it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// Milliseconds since it started.
+    pub age_ms: u64,
+    /// Milliseconds since its last audio or ping.
+    pub idle_ms: u64,
+    /// What the client sends.
+    pub input: InputFormat,
+    /// Input audio through the pipeline, ms.
+    pub audio_ms: u64,
+    /// Binary frames accepted as audio.
+    pub chunks_in: u64,
+    /// Chunks through the resampler.
+    pub chunks_processed: u64,
+    /// Chunks dropped (`drop_newest`).
+    pub chunks_dropped: u64,
+    /// Queued messages per stage.
+    pub mailbox_depth: Vec<StageDepth>,
+    /// Events sent.
+    pub events_sent: u64,
+    /// WebSocket payload bytes received.
+    pub bytes_in: u64,
+    /// WebSocket payload bytes sent.
+    pub bytes_out: u64,
+    /// Code of the last error sent, if any.
+    pub last_error: Option<&'static str>,
+}
+
+/// Stops the actor so its supervisor restarts it (operators' recovery lever; tests use it
+/// to prove the restart keeps every session).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct Restart;
+
+/// What the registry knows, as numbers.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RegistryStats {
+    /// Sessions running.
+    pub sessions_active: usize,
+    /// Admitted but not yet running (upgrade in progress).
+    pub sessions_reserved: usize,
+    /// Admitted since start.
+    pub admitted_total: u64,
+    /// Refused since start, by error code.
+    pub refused_total: BTreeMap<&'static str, u64>,
+    /// Ended since start.
+    pub closed_total: u64,
+    /// Ended since start, by reason.
+    pub closed_by_reason: BTreeMap<&'static str, u64>,
+    /// Times the registry was restarted by its supervisor.
+    pub restarts: u64,
+    /// Bytes reserved per session for the memory budget.
+    pub reserve_bytes_per_session: usize,
+    /// The session limit in force.
+    pub max_sessions: usize,
+    /// Shutting down: admitting nobody.
+    pub draining: bool,
+}
