@@ -5,15 +5,25 @@ use actix_web::HttpResponse;
 use serde_json::json;
 use uuid::Uuid;
 use voxrt_actors::error::AdmissionError;
+use voxrt_actors::metrics::{Metrics, StatusLabel};
 
-/// Answers a refused client, logging the refusal under the correlation id it returns.
-pub fn refuse(error: &AdmissionError, peer: Option<std::net::IpAddr>) -> HttpResponse {
+/// Answers a refused client: counts it (`voxrt_http_refusals_total{status}`) and logs it
+/// under the correlation id the response carries.
+pub fn refuse(
+    error: &AdmissionError,
+    peer: Option<std::net::IpAddr>,
+    metrics: &Metrics,
+) -> HttpResponse {
     let correlation_id = Uuid::new_v4();
     let status =
         StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    if status.is_server_error() && !matches!(error, AdmissionError::Internal) {
-        tracing::info!(%correlation_id, code = error.code(), ?peer, status = status.as_u16(), "refused: {error}");
-    } else if status.is_server_error() {
+    metrics
+        .http_refusals
+        .get_or_create(&StatusLabel {
+            status: status.as_u16(),
+        })
+        .inc();
+    if matches!(error, AdmissionError::Internal) {
         tracing::error!(%correlation_id, code = error.code(), ?peer, "refused: {error}");
     } else {
         tracing::info!(%correlation_id, code = error.code(), ?peer, status = status.as_u16(), "refused: {error}");

@@ -46,7 +46,7 @@ pub(crate) fn reload(state: &AppState) -> Result<String, SettingsError> {
 /// one that differed.
 fn keep_restart_only(running: &Settings, next: &mut Settings) {
     let mut ignored = Vec::new();
-    if serde_json::to_value(&running.server).ok() != serde_json::to_value(&next.server).ok() {
+    if running.server != next.server {
         ignored.push("server");
         next.server = running.server.clone();
     }

@@ -104,7 +104,7 @@ impl ConfigSource {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Listen address.

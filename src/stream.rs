@@ -8,7 +8,6 @@ use actix_web_actors::ws;
 use std::collections::HashMap;
 use voxrt_actors::error::AdmissionError;
 use voxrt_actors::intake::FramePacedPayload;
-use voxrt_actors::metrics::StatusLabel;
 use voxrt_actors::protocol::StreamParams;
 use voxrt_actors::registry::{Admit, Unregister};
 use voxrt_actors::session::Session;
@@ -34,16 +33,7 @@ async fn stream(
     let peer = req
         .peer_addr()
         .map(|a| client_ip(a.ip(), forwarded, &current.settings.server.trusted_proxies));
-    let refuse = |e: &AdmissionError, peer| {
-        state
-            .metrics
-            .http_refusals
-            .get_or_create(&StatusLabel {
-                status: e.http_status(),
-            })
-            .inc();
-        refuse(e, peer)
-    };
+    let refuse = |e: &AdmissionError, peer| refuse(e, peer, &state.metrics);
     if ws::handshake(&req).is_err() {
         return refuse(&AdmissionError::NotWebSocket, peer);
     }

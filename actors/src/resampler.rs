@@ -246,8 +246,6 @@ impl Handler<AudioChunk> for Resampler {
             .inflight_bytes
             .fetch_sub(chunk.data.len(), Relaxed);
         self.counters.chunks_processed.fetch_add(1, Relaxed);
-        // Audio that waited for room is activity too: a blocked session is not idle.
-        self.counters.touch();
         let forwarded = self.forward(blocks);
         self.probe.handled(began.elapsed());
         match forwarded {

@@ -295,7 +295,8 @@ impl Session {
         let over = inflight > 0 && inflight + len > self.config.pipeline.max_inflight_bytes.get();
         let chunk = AudioChunk {
             data,
-            received: Instant::now(),
+            // Set by the stream handler when this frame arrived.
+            received: self.last_heard,
         };
         let refused = if over {
             Some(chunk)
@@ -322,8 +323,10 @@ impl Session {
                 self.counters.inflight_bytes.fetch_add(len, Relaxed);
                 probe.queued();
                 ctx.wait(resampler.send(chunk).into_actor(self).map(|res, act, ctx| {
-                    // We were not reading, so silence from the client meanwhile is ours.
+                    // We were not reading, so silence from the client meanwhile is ours,
+                    // and a session held back by its own pipeline is not idle.
                     act.last_heard = Instant::now();
+                    act.counters.touch();
                     if res.is_err() {
                         act.report(ctx, SessionError::Internal);
                     }
