@@ -72,13 +72,15 @@ async fn sigterm_drains_sessions_and_exits_zero() {
         }
         // A ping round trip proves the audio before it was read.
         c.send_json(json!({"type": "ping", "id": 1})).await;
-        let mut ignored = Vec::new();
-        c.until("pong", &mut ignored).await;
-        clients.push(c);
+        let mut audio = Vec::new();
+        // Events before the pong (speech_start may already be among them) count too.
+        let before = c.until("pong", &mut audio).await;
+        clients.push((c, before));
     }
     server.signal("TERM");
-    for mut c in clients {
-        let (events, code) = c.drain().await;
+    for (mut c, before) in clients {
+        let (after, code) = c.drain().await;
+        let events: Vec<_> = before.into_iter().chain(after).collect();
         let last = events.last().expect("events before close");
         assert_eq!(last["type"], "session.closed", "{events:?}");
         assert_eq!(last["reason"], "server_shutdown");
