@@ -332,6 +332,42 @@ impl Settings {
             3600,
             " s (more than session.heartbeat_interval_s)",
         )?;
+        check("session.max_json_depth", l.max_json_depth, 1, 64, "")?;
+        check(
+            "session.max_control_messages_per_s",
+            l.max_control_messages_per_s,
+            1,
+            10_000,
+            "",
+        )?;
+        check(
+            "session.max_realtime_factor",
+            l.max_realtime_factor,
+            1.0,
+            1000.0,
+            "",
+        )?;
+        check(
+            "session.realtime_burst_s",
+            l.realtime_burst_s,
+            1,
+            86_400,
+            " s",
+        )?;
+        check(
+            "session.max_outgoing_bytes",
+            l.max_outgoing_bytes,
+            16 << 10,
+            64 << 20,
+            " bytes",
+        )?;
+        check(
+            "session.slow_consumer_timeout_s",
+            l.slow_consumer_timeout_s,
+            1,
+            3600,
+            " s",
+        )?;
         let p = &self.pipeline;
         check(
             "pipeline.mailbox_capacity",
@@ -410,7 +446,8 @@ impl Settings {
 
     /// The most memory one session can make the server hold, in bytes: audio in flight
     /// before the resampler, one frame being read, full processor mailboxes (and the
-    /// returned-audio queue) of at most 100 ms blocks, plus fixed per-session state.
+    /// returned-audio queue) of at most 100 ms blocks, the outgoing queue, plus fixed
+    /// per-session state.
     pub fn session_worst_case_bytes(&self) -> usize {
         const FIXED: usize = 64 << 10;
         let stages = self.pipeline.processors.len() + 1;
@@ -418,6 +455,8 @@ impl Settings {
         self.pipeline.max_inflight_bytes.get()
             + self.session.max_binary_frame_bytes
             + stages * (self.pipeline.mailbox_capacity.get() + 1) * per_block
+            // The outgoing queue closes the session at twice its bound.
+            + 2 * self.session.max_outgoing_bytes
             + FIXED
     }
 }

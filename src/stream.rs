@@ -5,10 +5,9 @@ use crate::refusal::refuse;
 use crate::AppState;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
-use std::collections::HashMap;
 use voxrt_actors::error::AdmissionError;
 use voxrt_actors::intake::FramePacedPayload;
-use voxrt_actors::protocol::StreamParams;
+use voxrt_actors::protocol::{parse_query, StreamParams};
 use voxrt_actors::registry::{Admit, Unregister};
 use voxrt_actors::session::Session;
 
@@ -37,15 +36,9 @@ async fn stream(
     if ws::handshake(&req).is_err() {
         return refuse(&AdmissionError::NotWebSocket, peer);
     }
-    let query = match web::Query::<HashMap<String, String>>::from_query(req.query_string()) {
-        Ok(q) => q.into_inner(),
-        Err(_) => {
-            let error = AdmissionError::InvalidParameter {
-                param: "query",
-                message: "the query string is not valid URL encoding".into(),
-            };
-            return refuse(&error, peer);
-        }
+    let query = match parse_query(req.query_string()) {
+        Ok(q) => q,
+        Err(e) => return refuse(&e, peer),
     };
     let params = match StreamParams::from_query(&query, &current.settings.vad) {
         Ok(p) => p,

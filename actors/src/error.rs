@@ -135,6 +135,12 @@ pub enum SessionError {
         /// Position and kind of the syntax error (no input text is echoed).
         detail: String,
     },
+    /// A control message nested deeper than `session.max_json_depth`.
+    #[error("control message nests arrays/objects deeper than {max} levels")]
+    JsonTooDeep {
+        /// The limit.
+        max: usize,
+    },
     /// A JSON message that is not an object with a string `type`.
     #[error("control message must be a JSON object with a string \"type\" field")]
     MissingType,
@@ -173,6 +179,7 @@ impl SessionError {
             SessionError::FrameTooLarge { .. } => "frame_too_large",
             SessionError::TextFrameTooLarge { .. } => "text_frame_too_large",
             SessionError::InvalidJson { .. } => "invalid_json",
+            SessionError::JsonTooDeep { .. } => "json_too_deep",
             SessionError::MissingType => "invalid_message",
             SessionError::UnknownMessageType { .. } => "unknown_message_type",
             SessionError::FragmentedMessage => "fragmented_message",

@@ -61,7 +61,10 @@ fn clip(s: &str) -> String {
     s.chars().take(32).collect()
 }
 
-const KNOWN_PARAMS: [&str; 7] = [
+/// Query parameters of `GET /v1/stream`. `access_token` is the browser's way to present a
+/// credential (it cannot set headers on a WebSocket); the server's auth consumes it.
+const KNOWN_PARAMS: [&str; 8] = [
+    "access_token",
     "sample_rate",
     "channels",
     "encoding",
@@ -70,6 +73,93 @@ const KNOWN_PARAMS: [&str; 7] = [
     "vad_silence_ms",
     "vad_min_speech_ms",
 ];
+
+/// Longest query string `parse_query` reads, bytes; longer is refused without parsing.
+pub const MAX_QUERY_BYTES: usize = 4096;
+
+/// Splits a raw (URL-encoded) query string into parameters. A parameter given twice is an
+/// error rather than "last wins", so a proxy and the server cannot disagree on its value.
+pub fn parse_query(raw: &str) -> Result<HashMap<String, String>, AdmissionError> {
+    if raw.len() > MAX_QUERY_BYTES {
+        return Err(invalid(
+            "query",
+            format!("the query string is over {MAX_QUERY_BYTES} bytes"),
+        ));
+    }
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw)
+        .map_err(|_| invalid("query", "the query string is not valid URL encoding".into()))?;
+    let mut query = HashMap::with_capacity(pairs.len());
+    for (key, value) in pairs {
+        if query.contains_key(&key) {
+            return Err(invalid(
+                "query",
+                format!("parameter \"{}\" is given more than once", clip(&key)),
+            ));
+        }
+        query.insert(key, value);
+    }
+    Ok(query)
+}
+
+/// Checks a binary frame against the session's declared format and frame limit; returns
+/// the number of sample frames it holds. Every rejection is a non-fatal error except
+/// [`SessionError::FrameTooLarge`], which closes 1009.
+pub fn check_audio_frame(
+    input: &InputFormat,
+    data: &[u8],
+    max_binary: usize,
+    max_text: usize,
+) -> Result<u64, SessionError> {
+    if data.len() > max_binary {
+        return Err(SessionError::FrameTooLarge {
+            max_binary,
+            max_text,
+        });
+    }
+    if data.is_empty() {
+        return Err(SessionError::EmptyAudioFrame);
+    }
+    let frame_bytes = input.frame_bytes();
+    if !data.len().is_multiple_of(frame_bytes) {
+        return Err(SessionError::PartialSampleFrame {
+            len: data.len(),
+            frame_bytes,
+            channels: input.channels,
+            encoding: input.encoding.as_str(),
+        });
+    }
+    Ok((data.len() / frame_bytes) as u64)
+}
+
+/// Whether the arrays and objects in `text` nest at most `max` deep.
+/// Runs before parsing so a deeply nested frame costs no allocation; brackets inside
+/// strings do not count. Malformed JSON is left for the parser to report.
+fn nesting_within(text: &str, max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    true
+}
 
 impl StreamParams {
     /// Validates the query string of `GET /v1/stream`; the error names the first bad
@@ -170,8 +260,12 @@ pub enum ClientMessage {
 }
 
 impl ClientMessage {
-    /// Parses a text frame. Errors name the problem without echoing the input back.
-    pub fn parse(text: &str) -> Result<Self, SessionError> {
+    /// Parses a text frame whose arrays and objects nest at most `max_depth` deep. Errors
+    /// name the problem without echoing the input back.
+    pub fn parse(text: &str, max_depth: usize) -> Result<Self, SessionError> {
+        if !nesting_within(text, max_depth) {
+            return Err(SessionError::JsonTooDeep { max: max_depth });
+        }
         let value: Value = serde_json::from_str(text).map_err(|e| SessionError::InvalidJson {
             detail: format!(
                 "{:?} error at line {} column {}",

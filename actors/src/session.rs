@@ -13,7 +13,8 @@ use crate::metrics::{Direction, FrameKind, Metrics, StageStats};
 use crate::pipeline::Pipeline;
 use crate::processors::ProcessorCatalog;
 use crate::protocol::{
-    ClientMessage, CloseReason, PipelineFormat, ServerEvent, SessionLimitsInfo, StreamParams,
+    check_audio_frame, ClientMessage, CloseReason, PipelineFormat, ServerEvent, SessionLimitsInfo,
+    StreamParams,
 };
 use crate::registry::{Register, SessionRegistry, Unregister};
 use crate::resampler::{AudioChunk, Flush};
@@ -254,32 +255,15 @@ impl Session {
         if self.closing.is_some() {
             return self.report(ctx, SessionError::AudioAfterStop);
         }
-        let max = self.config.limits.max_binary_frame_bytes;
-        if data.len() > max {
-            // The codec's limit is the larger of the two frame limits; this one is ours.
-            let max_text = self.config.limits.max_text_frame_bytes;
-            return self.report(
-                ctx,
-                SessionError::FrameTooLarge {
-                    max_binary: max,
-                    max_text,
-                },
-            );
-        }
+        let limits = &self.config.limits;
         let input = self.params.input;
-        if data.is_empty() {
-            return self.report(ctx, SessionError::EmptyAudioFrame);
-        }
-        if !data.len().is_multiple_of(input.frame_bytes()) {
-            return self.report(
-                ctx,
-                SessionError::PartialSampleFrame {
-                    len: data.len(),
-                    frame_bytes: input.frame_bytes(),
-                    channels: input.channels,
-                    encoding: input.encoding.as_str(),
-                },
-            );
+        if let Err(e) = check_audio_frame(
+            &input,
+            &data,
+            limits.max_binary_frame_bytes,
+            limits.max_text_frame_bytes,
+        ) {
+            return self.report(ctx, e);
         }
         self.counters.touch();
         self.counters.chunks_in.fetch_add(1, Relaxed);
@@ -345,7 +329,7 @@ impl Session {
         if text.len() > max {
             return self.report(ctx, SessionError::TextFrameTooLarge { max });
         }
-        match ClientMessage::parse(text) {
+        match ClientMessage::parse(text, self.config.limits.max_json_depth) {
             Ok(ClientMessage::Ping { id }) => {
                 self.counters.touch();
                 self.send_event(ctx, &ServerEvent::Pong { id });

@@ -53,7 +53,7 @@ pub struct LevelSettings {
 }
 
 /// Limits on one WebSocket session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionLimits {
     /// Largest binary (audio) frame accepted, in bytes; larger closes with 1009.
@@ -64,6 +64,25 @@ pub struct SessionLimits {
     pub heartbeat_interval_s: u64,
     /// A client silent for this long (no frame of any kind, not even a pong) is dropped, in seconds.
     pub heartbeat_timeout_s: u64,
+    /// Deepest nesting of arrays/objects in a control message; deeper gets a non-fatal
+    /// `json_too_deep` error.
+    pub max_json_depth: usize,
+    /// Control (text) messages per second, with bursts of as many; more closes 1008
+    /// `rate_limited`.
+    pub max_control_messages_per_s: u32,
+    /// Sustained audio rate, as a multiple of real time; faster (beyond the burst) closes
+    /// 1008 `rate_limited`.
+    pub max_realtime_factor: f32,
+    /// Seconds of audio a client may send ahead of `max_realtime_factor` at once: catching
+    /// up after a network stall, or a short file sent as fast as possible.
+    pub realtime_burst_s: u32,
+    /// Bytes of events and returned audio queued for a client that is not reading; beyond it
+    /// `level` events and returned audio are dropped (counted), and at twice it the session
+    /// closes 1008 `slow_consumer`.
+    pub max_outgoing_bytes: usize,
+    /// A client whose outgoing queue stays over `max_outgoing_bytes` this long, in seconds,
+    /// is closed 1008 `slow_consumer`.
+    pub slow_consumer_timeout_s: u64,
 }
 
 /// Limits the registry enforces across sessions.
