@@ -9,7 +9,7 @@ use voxrt_actors::error::AdmissionError;
 use voxrt_actors::intake::FramePacedPayload;
 use voxrt_actors::protocol::{parse_query, StreamParams};
 use voxrt_actors::registry::{Admit, Unregister};
-use voxrt_actors::session::Session;
+use voxrt_actors::session::{OutgoingMeter, Session};
 
 /// Registers the route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -62,15 +62,18 @@ async fn stream(
         state.registry.clone(),
         state.metrics.clone(),
     );
-    match ws::WsResponseBuilder::new(session, &req, FramePacedPayload::new(payload))
-        .frame_size(
-            limits
-                .max_binary_frame_bytes
-                .max(limits.max_text_frame_bytes),
-        )
-        .start()
-    {
-        Ok(response) => response,
+    let counters = session.counters();
+    let codec = actix_http::ws::Codec::new().max_size(
+        limits
+            .max_binary_frame_bytes
+            .max(limits.max_text_frame_bytes),
+    );
+    match ws::handshake(&req) {
+        Ok(mut response) => {
+            let body =
+                ws::WebsocketContext::with_codec(session, FramePacedPayload::new(payload), codec);
+            response.streaming(OutgoingMeter::new(body, counters))
+        }
         Err(e) => {
             tracing::warn!(session = %id, error = %e, "WebSocket upgrade failed");
             state.registry.do_send(Unregister {

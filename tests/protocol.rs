@@ -100,6 +100,11 @@ async fn session_started_reports_id_input_pipeline_vad_defaults_and_configured_l
         ("pipeline.mailbox_capacity", "5"),
         ("pipeline.max_inflight_bytes", "70000"),
         ("pipeline.backpressure", "drop_newest"),
+        ("session.max_json_depth", "5"),
+        ("session.max_control_messages_per_s", "30"),
+        ("session.max_realtime_factor", "2.5"),
+        ("session.realtime_burst_s", "20"),
+        ("session.max_outgoing_bytes", "100000"),
     ]);
     let a = server
         .connect("sample_rate=44100&channels=2&encoding=pcm_f32le")
@@ -140,6 +145,11 @@ async fn session_started_reports_id_input_pipeline_vad_defaults_and_configured_l
             "mailbox_capacity": 5,
             "max_inflight_bytes": 70000,
             "backpressure": "drop_newest",
+            "max_json_depth": 5,
+            "max_control_messages_per_s": 30,
+            "max_realtime_factor": 2.5,
+            "realtime_burst_s": 20,
+            "max_outgoing_bytes": 100000,
         })
     );
 }

@@ -63,6 +63,7 @@ fn bench(c: &mut Criterion) {
                     session: stand_in.clone().recipient(),
                     counters: Arc::new(SessionCounters::new(stages)),
                     input,
+                    ttl_s: None,
                 })
                 .await
                 .expect("registry alive");

@@ -38,6 +38,10 @@ pub struct SessionCounters {
     pub bytes_in: AtomicU64,
     /// WebSocket payload bytes sent.
     pub bytes_out: AtomicU64,
+    /// Encoded bytes queued for the client and not yet taken by the socket writer.
+    pub outgoing_bytes: AtomicUsize,
+    /// `level` events and returned-audio frames dropped because the client was not reading.
+    pub outgoing_dropped: AtomicU64,
     /// Code of the last error sent to the client.
     pub last_error: Mutex<Option<&'static str>>,
     /// Messages queued per pipeline stage: the resampler first, then each processor.
@@ -59,6 +63,8 @@ impl SessionCounters {
             events_sent: AtomicU64::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            outgoing_bytes: AtomicUsize::new(0),
+            outgoing_dropped: AtomicU64::new(0),
             last_error: Mutex::new(None),
             stage_depths: stages.into_iter().map(|s| (s, AtomicI64::new(0))).collect(),
         }

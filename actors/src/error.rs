@@ -32,6 +32,31 @@ pub enum AdmissionError {
     /// The server is draining for shutdown.
     #[error("the server is shutting down; connect to another instance")]
     ShuttingDown,
+    /// No credential, or one that is not valid (`auth`).
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// A valid token past its `exp`.
+    #[error("the token has expired; get a new one from your backend")]
+    TokenExpired,
+    /// Too many failed credentials from this address.
+    #[error(
+        "too many failed authentication attempts from this address; retry in {retry_after_s} s"
+    )]
+    AuthRateLimited {
+        /// Seconds until an attempt is allowed again.
+        retry_after_s: u64,
+    },
+    /// This address opened sessions faster than `security.new_sessions_per_minute_per_ip`.
+    #[error("this address opens sessions too fast (limit {per_minute} per minute); retry in {retry_after_s} s")]
+    RateLimited {
+        /// The limit in force.
+        per_minute: u32,
+        /// Seconds until a new session is allowed.
+        retry_after_s: u64,
+    },
+    /// The browser page's `Origin` is not in `security.allowed_origins`.
+    #[error("this page's origin may not open sessions on this server")]
+    OriginNotAllowed,
     /// The request is not a valid WebSocket upgrade.
     #[error("this endpoint needs a WebSocket upgrade request")]
     NotWebSocket,
@@ -49,6 +74,11 @@ impl AdmissionError {
             AdmissionError::MemoryBudgetExceeded => "memory_budget_exceeded",
             AdmissionError::TooManySessions { .. } => "too_many_sessions",
             AdmissionError::ShuttingDown => "shutting_down",
+            AdmissionError::Unauthorized(_) => "unauthorized",
+            AdmissionError::TokenExpired => "token_expired",
+            AdmissionError::AuthRateLimited { .. } => "auth_rate_limited",
+            AdmissionError::RateLimited { .. } => "rate_limited",
+            AdmissionError::OriginNotAllowed => "origin_not_allowed",
             AdmissionError::NotWebSocket => "websocket_upgrade_required",
             AdmissionError::Internal => "internal_error",
         }
@@ -58,7 +88,11 @@ impl AdmissionError {
     pub fn http_status(&self) -> u16 {
         match self {
             AdmissionError::InvalidParameter { .. } | AdmissionError::NotWebSocket => 400,
-            AdmissionError::TooManySessions { .. } => 429,
+            AdmissionError::Unauthorized(_) | AdmissionError::TokenExpired => 401,
+            AdmissionError::OriginNotAllowed => 403,
+            AdmissionError::TooManySessions { .. }
+            | AdmissionError::AuthRateLimited { .. }
+            | AdmissionError::RateLimited { .. } => 429,
             AdmissionError::ServerFull { .. }
             | AdmissionError::MemoryBudgetExceeded
             | AdmissionError::ShuttingDown => 503,
@@ -72,6 +106,8 @@ impl AdmissionError {
             AdmissionError::ServerFull { .. } | AdmissionError::MemoryBudgetExceeded => Some(5),
             AdmissionError::TooManySessions { .. } => Some(10),
             AdmissionError::ShuttingDown => Some(30),
+            AdmissionError::AuthRateLimited { retry_after_s }
+            | AdmissionError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
             _ => None,
         }
     }
@@ -98,7 +134,7 @@ pub mod close_code {
 }
 
 /// Errors inside a live session, sent as `{"type":"error",...}` events.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[derive(Debug, Clone, PartialEq, Error)]
 pub enum SessionError {
     /// A binary frame is not a whole number of sample frames.
     #[error("binary frame of {len} bytes is not a whole number of sample frames ({frame_bytes} bytes each for {channels} channel(s) of {encoding})")]
@@ -162,6 +198,15 @@ pub enum SessionError {
         /// 0-based index of the binary frame.
         seq: u64,
     },
+    /// The client sent control messages or audio faster than its limits.
+    #[error("{0}")]
+    RateLimited(RateLimit),
+    /// The client does not read its events; its outgoing queue stayed full.
+    #[error("the client is not reading its events (over {max_bytes} bytes queued); read the socket continuously")]
+    SlowConsumer {
+        /// `session.max_outgoing_bytes`.
+        max_bytes: usize,
+    },
     /// Audio arrived after `stop`.
     #[error("audio after stop is ignored")]
     AudioAfterStop,
@@ -186,6 +231,8 @@ impl SessionError {
             SessionError::Protocol => "protocol_error",
             SessionError::AudioDropped { .. } => "audio_dropped",
             SessionError::AudioAfterStop => "audio_after_stop",
+            SessionError::RateLimited(_) => "rate_limited",
+            SessionError::SlowConsumer { .. } => "slow_consumer",
             SessionError::Internal => "internal_error",
         }
     }
@@ -196,9 +243,30 @@ impl SessionError {
             SessionError::FrameTooLarge { .. } | SessionError::TextFrameTooLarge { .. } => {
                 Some(close_code::TOO_BIG)
             }
-            SessionError::Protocol => Some(close_code::POLICY),
+            SessionError::Protocol
+            | SessionError::RateLimited(_)
+            | SessionError::SlowConsumer { .. } => Some(close_code::POLICY),
             SessionError::Internal => Some(close_code::INTERNAL),
             _ => None,
         }
     }
+}
+
+/// Which per-session rate a client exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Error)]
+pub enum RateLimit {
+    /// `session.max_control_messages_per_s`.
+    #[error("more than {per_s} control messages per second")]
+    ControlMessages {
+        /// The limit.
+        per_s: u32,
+    },
+    /// `session.max_realtime_factor` beyond `session.realtime_burst_s`.
+    #[error("audio sent faster than {factor}x real time for longer than {burst_s} s of audio; stream at real time")]
+    Audio {
+        /// The limit.
+        factor: f32,
+        /// The burst allowance, seconds of audio.
+        burst_s: u32,
+    },
 }

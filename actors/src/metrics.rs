@@ -211,6 +211,10 @@ pub struct Metrics {
     pub audio_seconds: Counter<f64, AtomicU64>,
     /// Chunks dropped by `drop_newest`.
     pub chunks_dropped: Counter,
+    /// `level` events and returned audio dropped for clients not reading.
+    pub outgoing_dropped: Counter,
+    /// Client authentication results, by outcome (`granted`, `denied`, `rate_limited`).
+    pub auth: Family<ReasonLabel, Counter>,
     /// From receiving a chunk to sending the events it caused.
     pub event_latency: Histogram,
     /// WebSocket frames, handles created up front: `[direction][kind]`.
@@ -250,6 +254,8 @@ impl Metrics {
             sessions_closed: Family::default(),
             audio_seconds: Counter::default(),
             chunks_dropped: Counter::default(),
+            outgoing_dropped: Counter::default(),
+            auth: Family::default(),
             event_latency: Histogram::new(seconds_buckets()),
             ws_frames: Default::default(),
             ws_bytes: Default::default(),
@@ -293,6 +299,16 @@ impl Metrics {
             "chunks_dropped",
             "Audio chunks dropped by the drop_newest policy",
             m.chunks_dropped.clone(),
+        );
+        registry.register(
+            "outgoing_dropped",
+            "Level events and returned audio frames dropped because the client was not reading",
+            m.outgoing_dropped.clone(),
+        );
+        registry.register(
+            "auth",
+            "Client authentication attempts, by outcome",
+            m.auth.clone(),
         );
         registry.register_with_unit(
             "event_latency",

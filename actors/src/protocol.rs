@@ -388,6 +388,16 @@ pub struct SessionLimitsInfo {
     pub max_inflight_bytes: usize,
     /// `block` or `drop_newest`.
     pub backpressure: crate::settings::BackpressurePolicy,
+    /// Deepest nesting in a control message.
+    pub max_json_depth: usize,
+    /// Control messages per second (bursts of as many).
+    pub max_control_messages_per_s: u32,
+    /// Sustained audio rate, multiple of real time.
+    pub max_realtime_factor: f32,
+    /// Seconds of audio allowed at once beyond that rate.
+    pub realtime_burst_s: u32,
+    /// Bytes of events queued for the client before `level` events are dropped.
+    pub max_outgoing_bytes: usize,
 }
 
 /// Speech boundary kinds.

@@ -32,6 +32,9 @@ pub struct Register {
     pub counters: Arc<SessionCounters>,
     /// What the client sends.
     pub input: InputFormat,
+    /// This session's own TTL, when its credential asked for one shorter than
+    /// `registry.session_ttl_s` (the shorter of the two applies).
+    pub ttl_s: Option<u64>,
 }
 
 /// A session actor has stopped.
@@ -145,6 +148,10 @@ pub struct SessionSnapshot {
     pub bytes_in: u64,
     /// WebSocket payload bytes sent.
     pub bytes_out: u64,
+    /// Encoded bytes queued for the client and not yet taken by its socket.
+    pub outgoing_bytes: usize,
+    /// `level` events and returned-audio frames dropped because the client was not reading.
+    pub outgoing_dropped: u64,
     /// Code of the last error sent, if any.
     pub last_error: Option<&'static str>,
 }

@@ -40,6 +40,8 @@ struct Live {
     session: Recipient<Expire>,
     counters: Arc<SessionCounters>,
     input: InputFormat,
+    /// The session's own TTL, if shorter than the configured one.
+    ttl_ms: Option<u64>,
     expiring: bool,
 }
 
@@ -68,6 +70,8 @@ impl Live {
             events_sent: c.events_sent.load(Relaxed),
             bytes_in: c.bytes_in.load(Relaxed),
             bytes_out: c.bytes_out.load(Relaxed),
+            outgoing_bytes: c.outgoing_bytes.load(Relaxed),
+            outgoing_dropped: c.outgoing_dropped.load(Relaxed),
             last_error: c.last_error.lock().ok().and_then(|e| *e),
         }
     }
@@ -194,6 +198,7 @@ impl SessionRegistry {
             if live.expiring {
                 continue;
             }
+            let ttl_ms = live.ttl_ms.map_or(ttl_ms, |own| own.min(ttl_ms));
             let reason = if live.counters.age_ms(now) >= ttl_ms {
                 CloseReason::TtlExpired
             } else if live.counters.idle_ms(now) >= idle_ms {
@@ -303,6 +308,7 @@ impl Handler<Register> for SessionRegistry {
             session: msg.session,
             counters: msg.counters,
             input: msg.input,
+            ttl_ms: msg.ttl_s.map(|s| s.saturating_mul(1000)),
             expiring,
         });
     }

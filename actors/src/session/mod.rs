@@ -7,6 +7,12 @@
 //! the registry, or a fatal error flush the pipeline, send `session.closed` and close;
 //! `stopped` unregisters.
 
+mod outgoing;
+mod rates;
+
+pub use outgoing::{frame_len, OutgoingMeter};
+
+use self::rates::SessionRates;
 use crate::counters::SessionCounters;
 use crate::error::SessionError;
 use crate::metrics::{Direction, FrameKind, Metrics, StageStats};
@@ -105,6 +111,14 @@ pub struct Session {
     flushes: VecDeque<FlushKind>,
     /// Why the session ended, for the registry and metrics (`connection_lost` until known).
     end_reason: &'static str,
+    /// `session.closed` has been sent; nothing more goes out.
+    done: bool,
+    /// Control-message and audio-rate buckets.
+    rates: SessionRates,
+    /// This session's TTL when its credential asked for a shorter one.
+    ttl_s: Option<u64>,
+    /// Since when the outgoing queue has been over `max_outgoing_bytes`.
+    over_since: Option<Instant>,
     metrics: Arc<Metrics>,
     stage: Arc<StageStats>,
     span: tracing::Span,
@@ -126,6 +140,10 @@ impl Session {
             .chain(config.pipeline.processors.iter().cloned());
         Self {
             counters: Arc::new(SessionCounters::new(stages)),
+            rates: SessionRates::new(&config.limits, &params.input),
+            done: false,
+            ttl_s: None,
+            over_since: None,
             end_reason: "connection_lost",
             stage: metrics.stage("session", 0),
             metrics,
@@ -144,6 +162,20 @@ impl Session {
         }
     }
 
+    /// Caps this session's lifetime below `registry.session_ttl_s` (a token's claim).
+    pub fn with_ttl_s(mut self, ttl_s: Option<u64>) -> Self {
+        self.ttl_s = ttl_s;
+        self
+    }
+
+    /// The session's live counters; the server wraps the response body in an
+    /// [`OutgoingMeter`] over them before the actor starts.
+    pub fn counters(&self) -> Arc<SessionCounters> {
+        self.counters.clone()
+    }
+
+    /// Queues an event regardless of the outgoing bound: for what a client must get
+    /// (`session.started`, fatal errors, `session.closed`).
     fn send_event(&self, ctx: &mut ws::WebsocketContext<Self>, event: &ServerEvent) {
         let text = event.to_json();
         self.metrics
@@ -152,7 +184,56 @@ impl Session {
         self.counters
             .bytes_out
             .fetch_add(text.len() as u64, Relaxed);
+        self.counters
+            .outgoing_bytes
+            .fetch_add(frame_len(text.len()), Relaxed);
         ctx.text(text);
+    }
+
+    /// Queues an event if the client is keeping up. `level` events are dropped (counted)
+    /// while the outgoing queue is over its bound; others are queued until the client
+    /// counts as a slow consumer.
+    fn deliver(&mut self, ctx: &mut ws::WebsocketContext<Self>, event: &ServerEvent) {
+        let droppable = matches!(event, ServerEvent::Level { .. });
+        if self.outgoing_room(ctx, droppable) {
+            self.send_event(ctx, event);
+        }
+    }
+
+    /// Whether one more frame may be queued. Over `max_outgoing_bytes` droppable frames are
+    /// refused and counted; at twice it, or after `slow_consumer_timeout_s` over it, the
+    /// session ends with `slow_consumer`.
+    fn outgoing_room(&mut self, ctx: &mut ws::WebsocketContext<Self>, droppable: bool) -> bool {
+        if self.done {
+            return false;
+        }
+        let limits = &self.config.limits;
+        let max = limits.max_outgoing_bytes;
+        let queued = self.counters.outgoing_bytes.load(Relaxed);
+        if queued <= max {
+            self.over_since = None;
+            return true;
+        }
+        let since = *self.over_since.get_or_insert_with(Instant::now);
+        let timeout = Duration::from_secs(limits.slow_consumer_timeout_s);
+        if queued > 2 * max || since.elapsed() >= timeout {
+            self.span.in_scope(|| {
+                warn!(
+                    queued,
+                    max,
+                    over_ms = since.elapsed().as_millis() as u64,
+                    "client is not reading its events"
+                )
+            });
+            self.report(ctx, SessionError::SlowConsumer { max_bytes: max });
+            return false;
+        }
+        if droppable {
+            self.counters.outgoing_dropped.fetch_add(1, Relaxed);
+            self.metrics.outgoing_dropped.inc();
+            return false;
+        }
+        true
     }
 
     /// Sends an error event, logging it under a fresh correlation id. Fatal errors end the
@@ -174,23 +255,28 @@ impl Session {
             SessionError::AudioDropped { seq } => Some(seq),
             _ => None,
         };
-        self.send_event(
-            ctx,
-            &ServerEvent::Error {
-                code: error.code(),
-                message: error.to_string(),
-                correlation_id,
-                fatal: close.is_some(),
-                seq,
-            },
-        );
-        if let Some(code) = close {
-            self.finish(ctx, CloseReason::Error, code);
+        let event = ServerEvent::Error {
+            code: error.code(),
+            message: error.to_string(),
+            correlation_id,
+            fatal: close.is_some(),
+            seq,
+        };
+        match close {
+            Some(code) => {
+                self.send_event(ctx, &event);
+                self.finish(ctx, CloseReason::Error, code);
+            }
+            None => self.deliver(ctx, &event),
         }
     }
 
     /// Sends `session.closed` and closes with `code`.
     fn finish(&mut self, ctx: &mut ws::WebsocketContext<Self>, reason: CloseReason, code: u16) {
+        if self.done {
+            return;
+        }
+        self.done = true;
         self.closing = Some(reason);
         self.end_reason = reason.as_str();
         let stats = self.counters.stats();
@@ -265,6 +351,10 @@ impl Session {
         ) {
             return self.report(ctx, e);
         }
+        let frames = (data.len() / input.frame_bytes()) as u64;
+        if let Err(limit) = self.rates.audio(frames) {
+            return self.report(ctx, SessionError::RateLimited(limit));
+        }
         self.counters.touch();
         self.counters.chunks_in.fetch_add(1, Relaxed);
         let Some(pipeline) = &self.pipeline else {
@@ -329,10 +419,13 @@ impl Session {
         if text.len() > max {
             return self.report(ctx, SessionError::TextFrameTooLarge { max });
         }
+        if let Err(limit) = self.rates.control() {
+            return self.report(ctx, SessionError::RateLimited(limit));
+        }
         match ClientMessage::parse(text, self.config.limits.max_json_depth) {
             Ok(ClientMessage::Ping { id }) => {
                 self.counters.touch();
-                self.send_event(ctx, &ServerEvent::Pong { id });
+                self.deliver(ctx, &ServerEvent::Pong { id });
             }
             Ok(ClientMessage::Flush) => {
                 if self.closing.is_none() {
@@ -349,13 +442,20 @@ impl Session {
         SessionLimitsInfo {
             max_binary_frame_bytes: c.limits.max_binary_frame_bytes,
             max_text_frame_bytes: c.limits.max_text_frame_bytes,
-            session_ttl_s: c.registry.session_ttl_s,
+            session_ttl_s: self.ttl_s.map_or(c.registry.session_ttl_s, |own| {
+                own.min(c.registry.session_ttl_s)
+            }),
             idle_timeout_s: c.registry.idle_timeout_s,
             heartbeat_interval_s: c.limits.heartbeat_interval_s,
             heartbeat_timeout_s: c.limits.heartbeat_timeout_s,
             mailbox_capacity: c.pipeline.mailbox_capacity.get(),
             max_inflight_bytes: c.pipeline.max_inflight_bytes.get(),
             backpressure: c.pipeline.backpressure,
+            max_json_depth: c.limits.max_json_depth,
+            max_control_messages_per_s: c.limits.max_control_messages_per_s,
+            max_realtime_factor: c.limits.max_realtime_factor,
+            realtime_burst_s: c.limits.realtime_burst_s,
+            max_outgoing_bytes: c.limits.max_outgoing_bytes,
         }
     }
 
@@ -371,7 +471,11 @@ impl Session {
                 );
                 ctx.stop();
             } else {
-                ctx.ping(b"");
+                // A client that stopped reading is caught here even when nothing new is
+                // being sent to it.
+                if act.outgoing_room(ctx, false) {
+                    ctx.ping(b"");
+                }
             }
         });
     }
@@ -405,6 +509,7 @@ impl Actor for Session {
             session: ctx.address().recipient(),
             counters: self.counters.clone(),
             input: self.params.input,
+            ttl_s: self.ttl_s,
         });
         self.span
             .in_scope(|| info!(peer = %self.peer, input = ?self.params.input, "session started"));
@@ -506,7 +611,7 @@ impl Handler<PipelineOutput> for Session {
         match msg {
             PipelineOutput::Events { events, received } => {
                 for event in &events {
-                    self.send_event(ctx, event);
+                    self.deliver(ctx, event);
                 }
                 if let Some(received) = received {
                     self.metrics
@@ -515,7 +620,13 @@ impl Handler<PipelineOutput> for Session {
                 }
             }
             PipelineOutput::Audio(samples) => {
+                if !self.outgoing_room(ctx, true) {
+                    return;
+                }
                 let pcm = to_s16le(&samples);
+                self.counters
+                    .outgoing_bytes
+                    .fetch_add(frame_len(pcm.len()), Relaxed);
                 self.metrics
                     .frame(Direction::Out, FrameKind::Binary, pcm.len());
                 self.counters.bytes_out.fetch_add(pcm.len() as u64, Relaxed);
@@ -523,7 +634,7 @@ impl Handler<PipelineOutput> for Session {
             }
             PipelineOutput::Flushed { audio_ms } => {
                 if self.flushes.pop_front() == Some(FlushKind::Requested) {
-                    self.send_event(ctx, &ServerEvent::Flushed { audio_ms });
+                    self.deliver(ctx, &ServerEvent::Flushed { audio_ms });
                 }
                 if let (Some(reason), true) = (self.closing, self.flushes.is_empty()) {
                     self.finish(ctx, reason, reason.close_code());
