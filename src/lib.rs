@@ -6,7 +6,10 @@
 //! - `stream`: `GET /v1/stream` admission and upgrade.
 //! - `ops`: `/health`, `/ready`, `/v1/stats*`, `/metrics`, `/v1/admin/reload`.
 //! - `client_ip`: the client address behind trusted reverse proxies (X-Forwarded-For).
-//! - [`admin`]: the admin bearer token (hashing, constant-time check).
+//! - `address_limits`: per-address rate limits (new sessions, failed credentials).
+//! - `cors`: `security.allowed_origins` for WebSocket upgrades and CORS.
+//! - `access_log`: one line per request, `access_token` redacted.
+//! - [`auth`]: client credentials (API keys, JWTs) and the admin token.
 //! - `reload`: applying a re-read configuration to a running server.
 //! - `refusal`: HTTP JSON errors before the upgrade.
 //! - [`logging`]: tracing setup with a reloadable filter.
@@ -15,8 +18,11 @@
 //! `127.0.0.1:0` and get the bound address back.
 #![warn(missing_docs)]
 
-pub mod admin;
+mod access_log;
+mod address_limits;
+pub mod auth;
 mod client_ip;
+mod cors;
 pub mod logging;
 mod ops;
 mod refusal;
@@ -45,10 +51,17 @@ pub(crate) struct Current {
     loaded_at: u64,
     /// SHA-256 of its canonical JSON.
     hash: String,
+    /// Client credentials under `[auth]`.
+    authenticator: auth::Authenticator,
+    /// Per-address limiters; a reload starts them afresh.
+    address_limits: address_limits::AddressLimits,
 }
 
 impl Current {
-    fn new(settings: Settings) -> Self {
+    /// Fails only if the JWT key file cannot be read or parsed (the error names the key).
+    fn new(settings: Settings) -> Result<Self, settings::SettingsError> {
+        let authenticator = auth::Authenticator::new(&settings.auth)?;
+        let address_limits = address_limits::AddressLimits::new(&settings);
         let session_config = Arc::new(SessionConfig {
             limits: settings.session,
             registry: settings.registry,
@@ -56,14 +69,16 @@ impl Current {
             level: settings.level,
         });
         let hash = settings.fingerprint();
-        Self {
+        Ok(Self {
             settings: Arc::new(settings),
             session_config,
             loaded_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             hash,
-        }
+            authenticator,
+            address_limits,
+        })
     }
 }
 

@@ -62,7 +62,7 @@ fn hash_token() -> ExitCode {
         eprintln!("voxrt hash-token: give the token on standard input, e.g. `voxrt hash-token < token.txt`");
         return ExitCode::from(2);
     }
-    println!("{}", voxrt::admin::hash_token(token.trim()));
+    println!("{}", voxrt::auth::hash_token(token.trim()));
     ExitCode::SUCCESS
 }
 

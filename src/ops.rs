@@ -4,7 +4,7 @@
 //! Stats never fan out to sessions: the registry answers from shared atomics, and a page of
 //! sessions costs O(offset + limit) whatever the number alive.
 
-use crate::admin::denial;
+use crate::auth::admin::denial;
 use crate::{reload, AppState};
 use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
 use serde::Deserialize;

@@ -32,6 +32,9 @@ pub fn refuse(
     if let Some(secs) = error.retry_after_s() {
         response.insert_header(("Retry-After", secs.to_string()));
     }
+    if status == StatusCode::UNAUTHORIZED {
+        response.insert_header(("WWW-Authenticate", "Bearer realm=\"voxrt\""));
+    }
     response.json(json!({
         "error": {
             "code": error.code(),

@@ -1,7 +1,8 @@
 //! Applying a re-read configuration to a running server (SIGHUP, `POST /v1/admin/reload`).
 //!
-//! New limits, log level, pipeline and VAD/level defaults apply to sessions admitted from
-//! now on; live sessions keep the configuration they started with. Settings that need a new
+//! New limits, log level, pipeline and VAD/level defaults, API keys, JWT settings and
+//! allowed origins apply to sessions admitted from now on (per-address rate limits start
+//! afresh); live sessions keep the configuration they started with. Settings that need a new
 //! listener or worker pool (`server.*`, `admin.bind`, `log.format`) keep their running
 //! values and the log says so. An invalid configuration changes nothing.
 
@@ -27,12 +28,23 @@ pub(crate) fn reload(state: &AppState) -> Result<String, SettingsError> {
     };
     let old = state.current();
     keep_restart_only(&old.settings, &mut next);
+    let (limits, reserve_bytes, level) = (
+        next.registry,
+        next.session_worst_case_bytes(),
+        next.log.level.clone(),
+    );
+    let current = match Current::new(next) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            warn!("configuration reload refused, running configuration kept: {e}");
+            return Err(e);
+        }
+    };
     state.registry.do_send(UpdateLimits {
-        limits: next.registry,
-        reserve_bytes: next.session_worst_case_bytes(),
+        limits,
+        reserve_bytes,
     });
-    logging::set_level(&next.log.level);
-    let current = Arc::new(Current::new(next));
+    logging::set_level(&level);
     let hash = current.hash.clone();
     match state.current.write() {
         Ok(mut c) => *c = current,

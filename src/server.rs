@@ -1,8 +1,10 @@
 //! Startup and orderly shutdown.
 
+use crate::access_log::access_log;
 use crate::settings::{ConfigSource, SettingsError};
-use crate::{ops, reload, stream, AppState, Current};
+use crate::{cors, ops, reload, stream, AppState, Current};
 use actix::Addr;
+use actix_web::middleware::from_fn;
 use actix_web::{dev::ServerHandle, web, App, HttpServer};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, RwLock};
@@ -103,7 +105,7 @@ pub async fn start(
     };
     let grace = Duration::from_secs(settings.server.shutdown_grace_s);
     let state = web::Data::new(AppState {
-        current: RwLock::new(Arc::new(Current::new(settings))),
+        current: RwLock::new(Arc::new(Current::new(settings)?)),
         source,
         catalog: Arc::new(catalog),
         registry: registry.clone(),
@@ -113,9 +115,14 @@ pub async fn start(
     });
     let admin_on_main = admin_listener.is_none();
     let main_state = state.clone();
+    let header_timeout =
+        Duration::from_millis(state.current().settings.server.request_header_timeout_ms);
+    let user_timeout = state.current().settings.server.tcp_user_timeout_s;
     let main = HttpServer::new(move || {
         App::new()
             .app_data(main_state.clone())
+            .wrap(cors::middleware(main_state.clone()))
+            .wrap(from_fn(access_log))
             .configure(stream::configure)
             .configure(ops::configure_probes)
             .configure(|cfg| {
@@ -125,6 +132,8 @@ pub async fn start(
             })
     })
     .workers(workers)
+    .client_request_timeout(header_timeout)
+    .on_connect(move |conn, _| set_user_timeout(conn, user_timeout))
     .disable_signals()
     .shutdown_timeout(1)
     .listen(listener)
@@ -140,10 +149,13 @@ pub async fn start(
         let admin = HttpServer::new(move || {
             App::new()
                 .app_data(admin_state.clone())
+                .wrap(cors::middleware(admin_state.clone()))
+                .wrap(from_fn(access_log))
                 .configure(ops::configure_probes)
                 .configure(ops::configure_admin)
         })
         .workers(1)
+        .client_request_timeout(header_timeout)
         .disable_signals()
         .shutdown_timeout(1)
         .listen(listener)
@@ -155,6 +167,7 @@ pub async fn start(
         handles.push(admin.handle());
         done.push(tokio::task::spawn_local(admin));
     }
+    forget_idle_addresses(state.clone());
     info!(%addr, ?admin_addr, workers, "voxrt listening");
     Ok(RunningServer {
         addr,
@@ -206,6 +219,38 @@ impl RunningServer {
         wait_for_signal(&self).await;
         self.shutdown().await;
     }
+}
+
+/// TCP_USER_TIMEOUT on an accepted connection: a client that stops acknowledging (vanished,
+/// or keeps its window closed by not reading) is dropped by the kernel after `secs`, so it
+/// cannot pin a connection and its buffers after its session has ended.
+fn set_user_timeout(conn: &dyn std::any::Any, secs: u64) {
+    if secs == 0 {
+        return;
+    }
+    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        let timeout = Some(Duration::from_secs(secs));
+        if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(timeout) {
+            warn!(error = %e, "cannot set TCP_USER_TIMEOUT");
+        }
+    }
+}
+
+/// Every minute, drops per-address limiter entries whose buckets have refilled, so the
+/// limiters hold only addresses seen recently.
+fn forget_idle_addresses(state: web::Data<AppState>) {
+    actix_web::rt::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let current = state.current();
+            current.address_limits.forget_idle();
+            tracing::debug!(
+                tracked = current.address_limits.tracked(),
+                "per-address limiters pruned"
+            );
+        }
+    });
 }
 
 #[cfg(unix)]

@@ -102,6 +102,9 @@ fn http(method: &str, addr: SocketAddr, path: &str, authorization: Option<&str>)
         .body_mut()
         .read_to_string()
         .unwrap_or_else(|e| panic!("{method} {url} body: {e}"));
+    if status >= 400 && content_type.starts_with("application/json") {
+        assert_no_leak(&format!("{method} {path} {status}"), &body);
+    }
     Reply {
         status,
         content_type,
@@ -1281,10 +1284,11 @@ async fn admin_endpoints_need_the_bearer_token_when_configured() {
     c.stop().await;
 }
 
-/// The production profile without `admin.token_sha256` refuses to start: exit 2 and a
-/// message naming the key. With a token it starts, and its admin endpoints want it.
+/// The production profile without `admin.token_sha256`, then without client credentials
+/// (`auth.required`), refuses to start: exit 2 and a message naming the key. With both it
+/// starts, and its admin endpoints want the token.
 #[tokio::test]
-async fn production_profile_needs_an_admin_token_to_start() {
+async fn production_profile_needs_an_admin_token_and_client_credentials_to_start() {
     let out = voxrt()
         .env("VOXRT_PROFILE", "production")
         .output()
@@ -1292,6 +1296,17 @@ async fn production_profile_needs_an_admin_token_to_start() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("admin.token_sha256"), "{stderr}");
+    let out = voxrt()
+        .env("VOXRT_PROFILE", "production")
+        .env("VOXRT_ADMIN__TOKEN_SHA256", TOKEN_SHA256)
+        .output()
+        .expect("voxrt runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("auth.required"),
+        "clients need credentials too: {stderr}"
+    );
 
     let server = ServerProcess::start(&[
         ("VOXRT_PROFILE", "production"),
@@ -1299,6 +1314,7 @@ async fn production_profile_needs_an_admin_token_to_start() {
         ("VOXRT_SERVER__PORT", "0"),
         ("VOXRT_SERVER__WORKERS", "1"),
         ("VOXRT_ADMIN__TOKEN_SHA256", TOKEN_SHA256),
+        ("VOXRT_AUTH__API_KEYS_SHA256", TOKEN_SHA256),
     ]);
     let addr = local(server.port);
     assert_unauthorized(&get(addr, "/v1/stats"), "production /v1/stats");

@@ -110,6 +110,9 @@ impl Client {
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
+                if let Some(b) = response.body() {
+                    assert_no_leak("HTTP refusal", &String::from_utf8_lossy(b));
+                }
                 let body = response
                     .body()
                     .as_ref()
@@ -263,7 +266,11 @@ where
         match next {
             None | Some(Err(_)) => return Received::Closed(None),
             Some(Ok(Message::Text(t))) => {
-                return Received::Event(serde_json::from_str(&t).expect("server sends JSON"))
+                let event: Value = serde_json::from_str(&t).expect("server sends JSON");
+                if event["type"] == "error" {
+                    assert_no_leak("error event", &t);
+                }
+                return Received::Event(event);
             }
             Some(Ok(Message::Binary(b))) => return Received::Audio(b.to_vec()),
             Some(Ok(Message::Close(frame))) => {
@@ -272,6 +279,61 @@ where
             Some(Ok(_)) => continue,
         }
     }
+}
+
+/// What must never reach a client: Rust paths and type names, source files, panic and
+/// backtrace text, library error strings, filesystem paths.
+const LEAKS: [&str; 16] = [
+    "::",
+    ".rs",
+    "panicked",
+    "backtrace",
+    "unwrap",
+    "thread '",
+    "Error {",
+    "Os {",
+    "/root",
+    "/home",
+    "/usr/",
+    "src/",
+    "actix",
+    "tokio",
+    "serde",
+    "jsonwebtoken",
+];
+
+/// Every error the suite receives (error events in [`next_received`], HTTP refusals in
+/// [`Client::connect`], operator endpoint errors in tests/ops.rs) passes through here: a
+/// leak of internals fails the test that provoked it, and an error body must carry a code,
+/// a message and a correlation id.
+pub fn assert_no_leak(context: &str, text: &str) {
+    let lower = text.to_lowercase();
+    for leak in LEAKS {
+        assert!(
+            !lower.contains(&leak.to_lowercase()),
+            "{context} leaks internals ({leak:?}): {text}"
+        );
+    }
+    let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    let error = if value["type"] == "error" {
+        &value
+    } else {
+        &value["error"]
+    };
+    if error.is_null() {
+        // Not an error body (a probe's 503, say): only the leak check applies.
+        return;
+    }
+    assert!(
+        error["code"].is_string() && error["message"].is_string(),
+        "{context} without a code and message: {text}"
+    );
+    assert!(
+        error["correlation_id"]
+            .as_str()
+            .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()),
+        "{context} without a correlation id: {text}"
+    );
 }
 
 /// Events of one `type` (and, for vad, one `event`).

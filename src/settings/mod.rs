@@ -5,6 +5,10 @@
 //! -> `VOXRT_<SECTION>__<KEY>` environment variables. Unknown keys are errors, and
 //! [`Settings::validate`] names the bad key, its value and the allowed range.
 
+mod access;
+
+pub use access::{AuthSettings, JwtSettings, SecuritySettings};
+
 use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -16,11 +20,11 @@ use voxrt_actors::settings::{
     LevelSettings, PipelineSettings, RegistryLimits, SessionLimits, VadSettings,
 };
 
-const DEFAULT: &str = include_str!("../config/default.toml");
+const DEFAULT: &str = include_str!("../../config/default.toml");
 const PROFILES: [(&str, &str); 3] = [
-    ("development", include_str!("../config/development.toml")),
-    ("production", include_str!("../config/production.toml")),
-    ("test", include_str!("../config/test.toml")),
+    ("development", include_str!("../../config/development.toml")),
+    ("production", include_str!("../../config/production.toml")),
+    ("test", include_str!("../../config/test.toml")),
 ];
 /// Environment variables that pick files rather than set keys.
 const ENV_SELECTORS: [&str; 2] = ["VOXRT_PROFILE", "VOXRT_CONFIG"];
@@ -45,6 +49,10 @@ pub struct Settings {
     pub level: LevelSettings,
     /// Admin endpoints.
     pub admin: AdminSettings,
+    /// Client credentials.
+    pub auth: AuthSettings,
+    /// Origins and per-address limits.
+    pub security: SecuritySettings,
 }
 
 /// `[admin]`.
@@ -117,6 +125,11 @@ pub struct ServerSettings {
     pub shutdown_grace_s: u64,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<TrustedProxy>,
+    /// Milliseconds a client has to send its request head; slower connections are dropped.
+    pub request_header_timeout_ms: u64,
+    /// Seconds sent data may stay unacknowledged (or a peer's window closed) before the
+    /// kernel drops the connection (TCP_USER_TIMEOUT); 0 leaves the system default.
+    pub tcp_user_timeout_s: u64,
 }
 
 /// A trusted proxy: one address or a CIDR range (`10.0.0.0/8`).
@@ -244,6 +257,8 @@ impl Settings {
                 .list_separator(",")
                 .with_list_parse_key("pipeline.processors")
                 .with_list_parse_key("server.trusted_proxies")
+                .with_list_parse_key("auth.api_keys_sha256")
+                .with_list_parse_key("security.allowed_origins")
                 .source(Some(vars)),
         );
         for (key, value) in overrides {
@@ -257,6 +272,20 @@ impl Settings {
         let s = &self.server;
         check("server.workers", s.workers, 0, 256, "")?;
         check("server.shutdown_grace_s", s.shutdown_grace_s, 1, 3600, " s")?;
+        check(
+            "server.request_header_timeout_ms",
+            s.request_header_timeout_ms,
+            100,
+            300_000,
+            " ms",
+        )?;
+        check(
+            "server.tcp_user_timeout_s",
+            s.tcp_user_timeout_s,
+            0,
+            3600,
+            " s",
+        )?;
         if s.host.parse::<std::net::IpAddr>().is_err() && s.host != "localhost" {
             return Err(SettingsError::Invalid {
                 key: "server.host",
@@ -410,7 +439,7 @@ impl Settings {
         }
         let a = &self.admin;
         let hash = &a.token_sha256;
-        if !hash.is_empty() && (hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit())) {
+        if !hash.is_empty() && !access::is_sha256_hex(hash) {
             return Err(SettingsError::Invalid {
                 key: "admin.token_sha256",
                 value: format!("({} characters)", hash.len()),
@@ -434,7 +463,8 @@ impl Settings {
                 allowed: "must be empty or an address with a port, e.g. 127.0.0.1:9090".into(),
             });
         }
-        Ok(())
+        self.auth.validate()?;
+        self.security.validate()
     }
 
     /// SHA-256 (hex) of the settings' canonical JSON, shown in `/v1/stats`.
@@ -462,93 +492,4 @@ impl Settings {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn embedded_defaults_are_valid_for_every_profile() {
-        let catalog = ProcessorCatalog::with_builtins();
-        let token = [("VOXRT_ADMIN__TOKEN_SHA256", &*"ab".repeat(32))];
-        for profile in [None, Some("development"), Some("production"), Some("test")] {
-            let s = Settings::load_from(profile, &env(&token), &[]).unwrap();
-            s.validate(&catalog).unwrap();
-        }
-    }
-
-    #[test]
-    fn environment_overrides_keys_and_lists() {
-        let s = Settings::load_from(
-            None,
-            &env(&[
-                ("VOXRT_SERVER__PORT", "9000"),
-                ("VOXRT_PIPELINE__PROCESSORS", "vad"),
-                ("VOXRT_PROFILE", "production"),
-            ]),
-            &[],
-        )
-        .unwrap();
-        assert_eq!(s.server.port, 9000);
-        assert_eq!(s.pipeline.processors, vec!["vad".to_string()]);
-        assert_eq!(s.server.host, "0.0.0.0");
-    }
-
-    #[test]
-    fn production_requires_an_admin_token() {
-        let s = Settings::load_from(Some("production"), &env(&[]), &[]).unwrap();
-        let err = s
-            .validate(&ProcessorCatalog::with_builtins())
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("admin.token_sha256"), "{err}");
-    }
-
-    #[test]
-    fn trusted_proxies_take_addresses_and_ranges() {
-        let s = Settings::load_from(
-            None,
-            &env(&[("VOXRT_SERVER__TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1")]),
-            &[],
-        )
-        .unwrap();
-        let shown: Vec<String> = s
-            .server
-            .trusted_proxies
-            .iter()
-            .map(|p| String::from(*p))
-            .collect();
-        assert_eq!(shown, ["10.0.0.0/8", "127.0.0.1/32"]);
-        let err = Settings::load_from(
-            None,
-            &env(&[("VOXRT_SERVER__TRUSTED_PROXIES", "nope")]),
-            &[],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("not an IP address or CIDR range"), "{err}");
-    }
-
-    #[test]
-    fn unknown_key_is_an_error_naming_it() {
-        let err = Settings::load_from(None, &env(&[("VOXRT_SERVER__PROT", "1")]), &[])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("prot"), "{err}");
-    }
-
-    #[test]
-    fn out_of_range_value_names_key_value_and_range() {
-        let s = Settings::load_from(None, &env(&[("VOXRT_VAD__THRESHOLD", "1.5")]), &[]).unwrap();
-        let err = s
-            .validate(&ProcessorCatalog::with_builtins())
-            .unwrap_err()
-            .to_string();
-        assert_eq!(err, "vad.threshold = 1.5: must be in 0..=1");
-    }
-}
+mod tests;
