@@ -1,7 +1,9 @@
 # voxrt container image.
 #   docker build -t voxrt .
-#   docker run --rm -p 8080:8080 -e VOXRT_ADMIN__TOKEN_SHA256=$(voxrt hash-token < token) voxrt
-# (the production profile requires an admin token hash; see docs/operations.md)
+#   docker run --rm -p 8080:8080 -e VOXRT_ADMIN__TOKEN_SHA256=$(voxrt hash-token < token) \
+#     -e VOXRT_AUTH__API_KEYS_SHA256=$(voxrt hash-token < client-key) voxrt
+# (the production profile requires an admin token hash and client credentials; see
+# docs/deploy.md and docs/security.md)
 # Dependencies build in their own layer, so a change to voxrt's code rebuilds only voxrt.
 
 FROM rust:1.95-bookworm AS builder
