@@ -7,6 +7,7 @@
 //! cargo run --example mic_capture -- --list-devices
 //! cargo run --example mic_capture -- --device "hw:CARD=1,DEV=0" --url ws://127.0.0.1:8080
 //! cargo run --example mic_capture -- --json
+//! cargo run --example mic_capture -- --token "$(cat client-key)"   # server with auth on
 //! ```
 //!
 //! (On Linux, building needs the ALSA headers: `apt-get install libasound2-dev pkg-config`.)
@@ -66,6 +67,10 @@ struct Args {
     /// Server address; `/v1/stream` and the query are appended.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     url: String,
+    /// API key or JWT for a server with `auth` on (sent as `Authorization: Bearer`);
+    /// defaults to the VOXRT_TOKEN environment variable.
+    #[arg(long, env = "VOXRT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Input device: id, id without host prefix, or name (see --list-devices).
     #[arg(long, value_name = "NAME")]
     device: Option<String>,
@@ -96,7 +101,7 @@ async fn run(args: Args) -> Result<(), Failure> {
     let url = stream_url(&args.url, capture.rate, capture.channels, capture.encoding)?;
     eprintln!("mic_capture: {} -> {url}", capture.describe());
 
-    let mut session = Session::open(&url, args.json).await?;
+    let mut session = Session::open(&url, args.token.as_deref(), args.json).await?;
     let bytes_per_frame = usize::from(capture.channels) * capture.encoding.bytes_per_sample();
     let chunk_bytes = chunk_frames(capture.rate, args.chunk_ms) * bytes_per_frame;
     let max_bytes = session.max_frames(bytes_per_frame) * bytes_per_frame;

@@ -6,6 +6,7 @@
 //! cargo run --example stream_wav -- /usr/share/sounds/alsa/Front_Center.wav
 //! cargo run --example stream_wav -- --fast --url ws://127.0.0.1:8080 /usr/share/sounds/alsa/Front_Center.wav
 //! cargo run --example stream_wav -- --json --chunk-ms 40 /usr/share/sounds/alsa/Front_Center.wav
+//! VOXRT_TOKEN=$(cat client-key) cargo run --example stream_wav -- /usr/share/sounds/alsa/Front_Center.wav
 //! ```
 //!
 //! (`Front_Center.wav` comes with Debian's `alsa-utils` package.)
@@ -48,6 +49,10 @@ struct Args {
     /// Server address; `/v1/stream` and the query are appended.
     #[arg(long, default_value = "ws://127.0.0.1:8080")]
     url: String,
+    /// API key or JWT for a server with `auth` on (sent as `Authorization: Bearer`);
+    /// defaults to the VOXRT_TOKEN environment variable.
+    #[arg(long, env = "VOXRT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Audio per binary frame, milliseconds.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     chunk_ms: u32,
@@ -77,7 +82,7 @@ async fn run(args: Args) -> Result<(), Failure> {
         if args.fast { " (fast)" } else { "" },
     );
 
-    let session = Session::open(&url, args.json).await?;
+    let session = Session::open(&url, args.token.as_deref(), args.json).await?;
     let bytes_per_frame = usize::from(wav.channels) * wav.encoding.bytes_per_sample();
     let frames_per_chunk =
         chunk_frames(wav.rate, args.chunk_ms).min(session.max_frames(bytes_per_frame));

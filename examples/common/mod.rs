@@ -159,9 +159,10 @@ pub struct Session {
 }
 
 impl Session {
-    /// Connects to `url` and waits for `session.started`, printing it (as JSON with `json`).
-    pub async fn open(url: &str, json: bool) -> Result<Session, Failure> {
-        let (sink, mut events) = connect(url).await?.split();
+    /// Connects to `url`, presenting `token` (an API key or JWT) as a Bearer credential when
+    /// given, and waits for `session.started`, printing it (as JSON with `json`).
+    pub async fn open(url: &str, token: Option<&str>, json: bool) -> Result<Session, Failure> {
+        let (sink, mut events) = connect(url, token).await?.split();
         let mut printer = Printer::new(json);
         let max_frame_bytes = wait_for_start(&mut events, &mut printer).await?;
         Ok(Session {
@@ -240,8 +241,18 @@ pub fn stop_message() -> Message {
 }
 
 /// Opens the WebSocket, turning every failure into an unreachable/refused message.
-async fn connect(url: &str) -> Result<Ws, Failure> {
-    let attempt = tokio_tungstenite::connect_async_with_config(url, None, true);
+async fn connect(url: &str, token: Option<&str>) -> Result<Ws, Failure> {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| Failure::Unreachable(format!("cannot connect to {url}: {e}")))?;
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Failure::Input("--token must be printable ASCII".into()))?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let attempt = tokio_tungstenite::connect_async_with_config(request, None, true);
     match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
         Err(_) => Err(Failure::Unreachable(format!(
             "server unreachable: no answer from {url} within {} s",
