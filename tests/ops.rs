@@ -1107,6 +1107,70 @@ async fn reload_applies_new_limits_to_new_sessions_and_refuses_a_bad_config() {
     assert_eq!(code, Some(1000));
 }
 
+/// A reload rotates client credentials and allowed origins: the old API key and origin are
+/// refused (401, 403) and the new ones admitted, while a session opened with the old key
+/// streams on (credentials gate the upgrade, not a running session).
+#[tokio::test]
+async fn reload_rotates_api_keys_and_allowed_origins() {
+    let access = |key: &str, origin: &str| {
+        format!(
+            "[auth]\nrequired = true\napi_keys_sha256 = [\"{}\"]\n\
+             [security]\nallowed_origins = [\"{origin}\"]\n",
+            voxrt::auth::hash_token(key)
+        )
+    };
+    let file = TempConfig::new("keys", &access("key-a", "https://a.example"));
+    let server = TestServer::start_with_env(
+        &[("VOXRT_CONFIG", file.path())],
+        &[],
+        ProcessorCatalog::with_builtins(),
+    );
+    let url = |key: &str| server.url(&format!("{S16_48K}&access_token={key}"));
+    let mut live = connect_from(&url("key-a"), "https://a.example")
+        .await
+        .expect("old key and origin admitted");
+
+    file.write(&access("key-b", "https://b.example"));
+    post(server.addr, "/v1/admin/reload").expect(200);
+    assert_eq!(
+        connect_from(&url("key-a"), "https://b.example").await.err(),
+        Some(401)
+    );
+    assert_eq!(
+        connect_from(&url("key-b"), "https://a.example").await.err(),
+        Some(403)
+    );
+    let fresh = connect_from(&url("key-b"), "https://b.example")
+        .await
+        .expect("new key and origin admitted");
+
+    let chunk = audio::s16le(&audio::silence(48_000, 0.096), 1);
+    let events = live.stream_and_flush(&chunk, 1920).await;
+    assert_eq!(events.last().expect("flushed")["audio_ms"], 96);
+    for client in [live, fresh] {
+        assert_eq!(client.stop().await.1, Some(1000));
+    }
+}
+
+/// Connects as a browser page at `origin` would; `Err` is the refusal's HTTP status.
+async fn connect_from(url: &str, origin: &str) -> Result<Client, u16> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().expect("request");
+    request
+        .headers_mut()
+        .insert("origin", origin.parse().expect("origin header"));
+    match tokio::time::timeout(HANG, tokio_tungstenite::connect_async(request))
+        .await
+        .expect("connect hung")
+    {
+        Ok((ws, _)) => Ok(Client::from_stream(ws).await),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("connect failed: {e}"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. SIGHUP
 // ---------------------------------------------------------------------------------------------
