@@ -67,6 +67,7 @@ impl Current {
             registry: settings.registry,
             pipeline: settings.pipeline.clone(),
             level: settings.level,
+            supervision: settings.supervision,
         });
         let hash = settings.fingerprint();
         Ok(Self {

@@ -93,6 +93,12 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     voxrt::logging::init(&settings.log);
+    // Panics caught by supervisors (a processor's, say) still reach the log as one line in
+    // the configured format, rather than as raw text on stderr.
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        tracing::error!(thread = thread.name().unwrap_or("?"), "panic: {info}");
+    }));
     let system = actix_web::rt::System::new();
     system.block_on(async move {
         match voxrt::start(source, catalog).await {

@@ -136,6 +136,11 @@ impl StageProbe {
         }
     }
 
+    /// The stage's processor was restarted after a panic.
+    pub fn restarted(&self) {
+        self.stats.restarted();
+    }
+
     /// The actor started.
     pub fn started(&self) {
         self.stats.started();

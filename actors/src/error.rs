@@ -207,6 +207,18 @@ pub enum SessionError {
         /// `session.max_outgoing_bytes`.
         max_bytes: usize,
     },
+    /// A processor panicked and was restarted with fresh state; audio goes on.
+    #[error("processor \"{processor}\" failed and was restarted; its state (an open speech segment, a partial level interval) was lost")]
+    ProcessorRestarted {
+        /// The processor's name in `pipeline.processors`.
+        processor: String,
+    },
+    /// A processor failed more than `supervision.max_restarts` times in `period_s`.
+    #[error("processor \"{processor}\" keeps failing; the session cannot go on")]
+    ProcessorFailed {
+        /// The processor's name.
+        processor: String,
+    },
     /// Audio arrived after `stop`.
     #[error("audio after stop is ignored")]
     AudioAfterStop,
@@ -232,6 +244,8 @@ impl SessionError {
             SessionError::AudioDropped { .. } => "audio_dropped",
             SessionError::AudioAfterStop => "audio_after_stop",
             SessionError::RateLimited(_) => "rate_limited",
+            SessionError::ProcessorRestarted { .. } => "processor_restarted",
+            SessionError::ProcessorFailed { .. } => "processor_failed",
             SessionError::SlowConsumer { .. } => "slow_consumer",
             SessionError::Internal => "internal_error",
         }
@@ -246,7 +260,9 @@ impl SessionError {
             SessionError::Protocol
             | SessionError::RateLimited(_)
             | SessionError::SlowConsumer { .. } => Some(close_code::POLICY),
-            SessionError::Internal => Some(close_code::INTERNAL),
+            SessionError::Internal | SessionError::ProcessorFailed { .. } => {
+                Some(close_code::INTERNAL)
+            }
             _ => None,
         }
     }

@@ -7,12 +7,13 @@
 use crate::audio::StreamResampler;
 use crate::counters::{SessionCounters, StageProbe};
 use crate::metrics::Metrics;
-use crate::processor::ProcessorStage;
+use crate::processor::{ProcessorStage, Restart};
 use crate::processors::{ProcessorCatalog, ProcessorContext};
 use crate::protocol::StreamParams;
 use crate::resampler::{Downstream, Resampler, ResamplerProbes};
 use crate::session::{PipelineOutput, SessionConfig};
 use actix::prelude::*;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use thiserror::Error;
 use uuid::Uuid;
@@ -23,6 +24,9 @@ pub enum PipelineError {
     /// `pipeline.processors` names a processor the catalog does not have.
     #[error("unknown processor \"{0}\"")]
     UnknownProcessor(String),
+    /// A processor's factory panicked while building it.
+    #[error("processor \"{0}\" panicked while being built")]
+    ProcessorPanicked(String),
     /// rubato refused the rate.
     #[error("resampler for {rate} Hz: {source}")]
     Resampler {
@@ -63,9 +67,11 @@ impl Pipeline {
         let mut stages = Vec::with_capacity(config.pipeline.processors.len());
         let mut probes = Vec::with_capacity(stages.capacity());
         for (i, name) in config.pipeline.processors.iter().enumerate() {
-            let processor = catalog
-                .build(name, &ctx)
+            let factory = catalog
+                .factory(name)
                 .ok_or_else(|| PipelineError::UnknownProcessor(name.clone()))?;
+            let processor = catch_unwind(AssertUnwindSafe(|| factory(&ctx)))
+                .map_err(|_| PipelineError::ProcessorPanicked(name.clone()))?;
             let probe = StageProbe::new(metrics.stage(name, capacity), counters.clone(), i + 1);
             stages.push(
                 ProcessorStage::new(
@@ -74,6 +80,10 @@ impl Pipeline {
                     sink.clone(),
                     capacity,
                     probe.clone(),
+                    Restart {
+                        factory,
+                        context: ctx.clone(),
+                    },
                 )
                 .start_bounded(),
             );

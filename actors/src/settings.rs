@@ -32,6 +32,17 @@ pub struct PipelineSettings {
     pub backpressure: BackpressurePolicy,
 }
 
+/// How processors that panic are restarted (Erlang/OTP style: an intensity over a period).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisionSettings {
+    /// Restarts of one session's processors allowed within `period_s`; one more closes the
+    /// session with 1011 `processor_failed`.
+    pub max_restarts: u32,
+    /// The window `max_restarts` counts over, in seconds.
+    pub period_s: u64,
+}
+
 /// Voice activity detection defaults; a client may override each per session.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

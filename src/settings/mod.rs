@@ -17,7 +17,8 @@ use thiserror::Error;
 use voxrt_actors::processors::ProcessorCatalog;
 use voxrt_actors::resampler::MAX_BLOCK_SAMPLES;
 use voxrt_actors::settings::{
-    LevelSettings, PipelineSettings, RegistryLimits, SessionLimits, VadSettings,
+    LevelSettings, PipelineSettings, RegistryLimits, SessionLimits, SupervisionSettings,
+    VadSettings,
 };
 
 const DEFAULT: &str = include_str!("../../config/default.toml");
@@ -49,6 +50,8 @@ pub struct Settings {
     pub level: LevelSettings,
     /// Admin endpoints.
     pub admin: AdminSettings,
+    /// Processor restart limits.
+    pub supervision: SupervisionSettings,
     /// Client credentials.
     pub auth: AuthSettings,
     /// Origins and per-address limits.
@@ -463,6 +466,20 @@ impl Settings {
                 allowed: "must be empty or an address with a port, e.g. 127.0.0.1:9090".into(),
             });
         }
+        check(
+            "supervision.max_restarts",
+            self.supervision.max_restarts,
+            0,
+            1000,
+            "",
+        )?;
+        check(
+            "supervision.period_s",
+            self.supervision.period_s,
+            1,
+            86_400,
+            " s",
+        )?;
         self.auth.validate()?;
         self.security.validate()
     }

@@ -122,6 +122,11 @@ impl ProcessorCatalog {
     pub fn build(&self, name: &str, ctx: &ProcessorContext) -> Option<Box<dyn Processor>> {
         self.factories.get(name).map(|f| f(ctx))
     }
+
+    /// The factory of `name` (a stage keeps it to rebuild its processor after a panic).
+    pub fn factory(&self, name: &str) -> Option<ProcessorFactory> {
+        self.factories.get(name).cloned()
+    }
 }
 
 /// Pipeline samples per millisecond.

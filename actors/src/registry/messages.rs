@@ -162,6 +162,14 @@ pub struct SessionSnapshot {
 #[rtype(result = "()")]
 pub struct Restart;
 
+/// Makes a registry handler panic halfway through an update, to prove the supervisor
+/// restarts the registry and its rebuilt view keeps every session and limit. Built only
+/// with the `fault-injection` feature (the test suite turns it on).
+#[cfg(feature = "fault-injection")]
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct InjectPanic;
+
 /// What the registry knows, as numbers.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct RegistryStats {

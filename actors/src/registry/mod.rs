@@ -8,6 +8,11 @@
 //!
 //! If the registry restarts, it keeps its table and rebuilds everything derived from it
 //! from the sessions that are still alive: no session is forgotten and limits keep holding.
+//! A panic in any handler or sweep is caught at that call (it never unwinds through the
+//! actor system, which would lose the table) and turned into such a restart; the caller
+//! gets a refusal (`Admit`: 500 `internal_error`) or an empty answer (queries). Sweeps also
+//! drop entries whose session actor is gone without unregistering, so a lost `Unregister`
+//! cannot leak a slot.
 
 mod messages;
 
@@ -23,11 +28,12 @@ use crate::settings::RegistryLimits;
 use actix::prelude::*;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use uuid::Uuid;
 
 struct Entry {
@@ -120,6 +126,26 @@ impl SessionRegistry {
         Supervisor::start(|_| self)
     }
 
+    /// Runs `body`; if it panics, logs which call did, and stops the actor so the supervisor
+    /// restarts it (see [`Supervised::restarting`]), returning `None`. The table survives:
+    /// it is changed by single `HashMap` operations, each complete or not done; what the
+    /// panic may have left half-updated is derived, and the restart recomputes it.
+    fn guard<R>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        call: &'static str,
+        body: impl FnOnce(&mut Self, &mut Context<Self>) -> R,
+    ) -> Option<R> {
+        match catch_unwind(AssertUnwindSafe(|| body(self, ctx))) {
+            Ok(r) => Some(r),
+            Err(_) => {
+                error!(call, "session registry panicked; restarting it");
+                ctx.stop();
+                None
+            }
+        }
+    }
+
     fn refuse(&mut self, error: AdmissionError) -> Result<Uuid, AdmissionError> {
         *self.stats.refused_total.entry(error.code()).or_default() += 1;
         self.metrics
@@ -178,7 +204,9 @@ impl SessionRegistry {
 
     fn arm_sweep(&mut self, ctx: &mut Context<Self>) {
         let every = Duration::from_millis(self.limits.sweep_interval_ms);
-        self.sweep_handle = Some(ctx.run_interval(every, |act, _| act.sweep()));
+        self.sweep_handle = Some(ctx.run_interval(every, |act, ctx| {
+            act.guard(ctx, "sweep", |act, _| act.sweep());
+        }));
     }
 
     /// Expires sessions past their TTL or idle timeout; releases stale reservations.
@@ -188,6 +216,7 @@ impl SessionRegistry {
         let idle_ms = self.limits.idle_timeout_s * 1000;
         let handshake_ms = self.limits.handshake_timeout_s * 1000;
         let mut stale = Vec::new();
+        let mut gone = Vec::new();
         for (id, entry) in &mut self.entries {
             let Some(live) = entry.live.as_mut() else {
                 if now.saturating_sub(entry.admitted_ms) > handshake_ms {
@@ -195,6 +224,10 @@ impl SessionRegistry {
                 }
                 continue;
             };
+            if !live.session.connected() {
+                gone.push(*id);
+                continue;
+            }
             if live.expiring {
                 continue;
             }
@@ -213,6 +246,10 @@ impl SessionRegistry {
         for id in stale {
             warn!(session = %id, "admitted client never completed the upgrade; slot released");
             self.remove(&id, "handshake_timeout");
+        }
+        for id in gone {
+            warn!(session = %id, "session stopped without unregistering; slot released");
+            self.remove(&id, "connection_lost");
         }
     }
 }
@@ -244,7 +281,14 @@ impl Handler<Admit> for SessionRegistry {
     type Result = Result<Uuid, AdmissionError>;
 
     /// Reserves a slot if every limit allows it.
-    fn handle(&mut self, msg: Admit, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Admit, ctx: &mut Self::Context) -> Self::Result {
+        self.guard(ctx, "admit", |this, _| this.admit(msg))
+            .unwrap_or(Err(AdmissionError::Internal))
+    }
+}
+
+impl SessionRegistry {
+    fn admit(&mut self, msg: Admit) -> Result<Uuid, AdmissionError> {
         if self.draining {
             return self.refuse(AdmissionError::ShuttingDown);
         }
@@ -283,8 +327,23 @@ impl Handler<Admit> for SessionRegistry {
 impl Handler<Register> for SessionRegistry {
     type Result = ();
 
-    /// Marks an admitted session as running.
-    fn handle(&mut self, msg: Register, _ctx: &mut Self::Context) {
+    /// Marks an admitted session as running. If that fails, the session is ended: it would
+    /// run outside the limits.
+    fn handle(&mut self, msg: Register, ctx: &mut Self::Context) {
+        let session = msg.session.clone();
+        if self
+            .guard(ctx, "register", |this, _| this.register(msg))
+            .is_none()
+        {
+            session.do_send(Expire {
+                reason: CloseReason::Error,
+            });
+        }
+    }
+}
+
+impl SessionRegistry {
+    fn register(&mut self, msg: Register) {
         let Some(entry) = self.entries.get_mut(&msg.id) else {
             // Its reservation timed out before the actor started: it is over the limits
             // it was admitted under, so it ends at once.
@@ -318,8 +377,10 @@ impl Handler<Unregister> for SessionRegistry {
     type Result = ();
 
     /// Forgets a stopped session.
-    fn handle(&mut self, msg: Unregister, _ctx: &mut Self::Context) {
-        self.remove(&msg.id, msg.reason);
+    fn handle(&mut self, msg: Unregister, ctx: &mut Self::Context) {
+        self.guard(ctx, "unregister", |this, _| {
+            this.remove(&msg.id, msg.reason)
+        });
     }
 }
 
@@ -327,7 +388,20 @@ impl Handler<Shutdown> for SessionRegistry {
     type Result = ResponseFuture<()>;
 
     /// Drains: refuses new sessions and closes every live one with `server_shutdown`.
-    fn handle(&mut self, _msg: Shutdown, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        let drained = self.guard(ctx, "shutdown", |this, _| this.drain());
+        Box::pin(async move {
+            if let Some(rx) = drained {
+                let _ = rx.await;
+            }
+        })
+    }
+}
+
+impl SessionRegistry {
+    /// Refuses new sessions from now on and asks every live one to close; the receiver
+    /// fires once the table is empty.
+    fn drain(&mut self) -> oneshot::Receiver<()> {
         self.draining = true;
         let reserved: Vec<Uuid> = self
             .entries
@@ -352,31 +426,41 @@ impl Handler<Shutdown> for SessionRegistry {
         } else {
             self.drain_waiters.push(tx);
         }
-        Box::pin(async move {
-            let _ = rx.await;
-        })
+        rx
     }
 }
 
 impl Handler<LiveSessions> for SessionRegistry {
     type Result = Vec<Uuid>;
 
-    fn handle(&mut self, _msg: LiveSessions, _ctx: &mut Self::Context) -> Self::Result {
-        self.entries.keys().copied().collect()
+    fn handle(&mut self, _msg: LiveSessions, ctx: &mut Self::Context) -> Self::Result {
+        self.guard(ctx, "live_sessions", |this, _| {
+            this.entries.keys().copied().collect()
+        })
+        .unwrap_or_default()
     }
 }
 
 impl Handler<GetStats> for SessionRegistry {
     type Result = MessageResult<GetStats>;
 
-    fn handle(&mut self, _msg: GetStats, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, _msg: GetStats, ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(
+            self.guard(ctx, "stats", |this, _| this.stats())
+                .unwrap_or_default(),
+        )
+    }
+}
+
+impl SessionRegistry {
+    fn stats(&self) -> RegistryStats {
         let live = self.entries.values().filter(|e| e.live.is_some()).count();
         let mut stats = self.stats.clone();
         stats.sessions_active = live;
         stats.sessions_reserved = self.entries.len() - live;
         stats.max_sessions = self.limits.max_sessions;
         stats.draining = self.draining;
-        MessageResult(stats)
+        stats
     }
 }
 
@@ -384,7 +468,22 @@ impl Handler<ListSessions> for SessionRegistry {
     type Result = MessageResult<ListSessions>;
 
     /// Snapshots one page: O(offset + limit), whatever the number of sessions.
-    fn handle(&mut self, msg: ListSessions, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ListSessions, ctx: &mut Self::Context) -> Self::Result {
+        let (offset, limit) = (msg.offset, msg.limit);
+        MessageResult(
+            self.guard(ctx, "list_sessions", |this, _| this.page(msg))
+                .unwrap_or(SessionPage {
+                    total: 0,
+                    offset,
+                    limit,
+                    sessions: Vec::new(),
+                }),
+        )
+    }
+}
+
+impl SessionRegistry {
+    fn page(&self, msg: ListSessions) -> SessionPage {
         let now = now_ms();
         let sessions = self
             .order
@@ -397,22 +496,25 @@ impl Handler<ListSessions> for SessionRegistry {
                 Some(entry.live.as_ref()?.snapshot(*id, peer, now))
             })
             .collect();
-        MessageResult(SessionPage {
+        SessionPage {
             total: self.order.len(),
             offset: msg.offset,
             limit: msg.limit,
             sessions,
-        })
+        }
     }
 }
 
 impl Handler<GetSession> for SessionRegistry {
     type Result = Option<SessionSnapshot>;
 
-    fn handle(&mut self, msg: GetSession, _ctx: &mut Self::Context) -> Self::Result {
-        let entry = self.entries.get(&msg.id)?;
-        let peer = msg.show_peer.then_some(entry.peer);
-        Some(entry.live.as_ref()?.snapshot(msg.id, peer, now_ms()))
+    fn handle(&mut self, msg: GetSession, ctx: &mut Self::Context) -> Self::Result {
+        self.guard(ctx, "get_session", |this, _| {
+            let entry = this.entries.get(&msg.id)?;
+            let peer = msg.show_peer.then_some(entry.peer);
+            Some(entry.live.as_ref()?.snapshot(msg.id, peer, now_ms()))
+        })
+        .flatten()
     }
 }
 
@@ -439,5 +541,22 @@ impl Handler<Restart> for SessionRegistry {
 
     fn handle(&mut self, _msg: Restart, ctx: &mut Self::Context) {
         ctx.stop();
+    }
+}
+
+/// Panics inside the registry, as a bug in a handler would (fault injection for the tests
+/// of its supervision; not built into release binaries).
+#[cfg(feature = "fault-injection")]
+impl Handler<InjectPanic> for SessionRegistry {
+    type Result = ();
+
+    fn handle(&mut self, _msg: InjectPanic, ctx: &mut Self::Context) {
+        self.guard(ctx, "inject_panic", |this, _| {
+            // Half an update, as a real bug might leave: the per-address count drifts.
+            if let Some(n) = this.per_ip.values_mut().next() {
+                *n += 100;
+            }
+            panic!("injected registry fault")
+        });
     }
 }

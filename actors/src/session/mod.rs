@@ -26,6 +26,7 @@ use crate::registry::{Register, SessionRegistry, Unregister};
 use crate::resampler::{AudioChunk, Flush};
 use crate::settings::{
     BackpressurePolicy, LevelSettings, PipelineSettings, RegistryLimits, SessionLimits,
+    SupervisionSettings,
 };
 use actix::prelude::*;
 use actix_web_actors::ws;
@@ -49,6 +50,8 @@ pub struct SessionConfig {
     pub pipeline: PipelineSettings,
     /// Level meter settings.
     pub level: LevelSettings,
+    /// Processor restart limits.
+    pub supervision: SupervisionSettings,
 }
 
 /// What the pipeline sends back to its session. Delivered with `do_send`: the volume is
@@ -72,6 +75,16 @@ pub enum PipelineOutput {
     },
     /// A stage failed; the session cannot go on.
     Failed,
+    /// A processor panicked and its supervisor restarted it with fresh state.
+    ProcessorRestarted {
+        /// The processor's name.
+        processor: String,
+    },
+    /// A processor exceeded `supervision.max_restarts`; its stage has stopped.
+    ProcessorFailed {
+        /// The processor's name.
+        processor: String,
+    },
 }
 
 /// The registry asks the session to end, telling the client why.
@@ -119,6 +132,9 @@ pub struct Session {
     ttl_s: Option<u64>,
     /// Since when the outgoing queue has been over `max_outgoing_bytes`.
     over_since: Option<Instant>,
+    /// Processor restarts within the last `supervision.period_s`, oldest first (at most
+    /// `max_restarts + 1`).
+    restarts: VecDeque<Instant>,
     metrics: Arc<Metrics>,
     stage: Arc<StageStats>,
     span: tracing::Span,
@@ -144,6 +160,7 @@ impl Session {
             done: false,
             ttl_s: None,
             over_since: None,
+            restarts: VecDeque::new(),
             end_reason: "connection_lost",
             stage: metrics.stage("session", 0),
             metrics,
@@ -437,6 +454,27 @@ impl Session {
         }
     }
 
+    /// The session is its stages' supervisor for the intensity limit: more than
+    /// `max_restarts` processor restarts within `period_s` end the session.
+    fn on_restart(&mut self, ctx: &mut ws::WebsocketContext<Self>, processor: String) {
+        let limits = self.config.supervision;
+        let now = Instant::now();
+        let period = Duration::from_secs(limits.period_s);
+        while self
+            .restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= period)
+        {
+            self.restarts.pop_front();
+        }
+        self.restarts.push_back(now);
+        if self.restarts.len() > limits.max_restarts as usize {
+            self.report(ctx, SessionError::ProcessorFailed { processor });
+        } else {
+            self.report(ctx, SessionError::ProcessorRestarted { processor });
+        }
+    }
+
     fn limits_info(&self) -> SessionLimitsInfo {
         let c = &self.config;
         SessionLimitsInfo {
@@ -641,6 +679,10 @@ impl Handler<PipelineOutput> for Session {
                 }
             }
             PipelineOutput::Failed => self.report(ctx, SessionError::Internal),
+            PipelineOutput::ProcessorRestarted { processor } => self.on_restart(ctx, processor),
+            PipelineOutput::ProcessorFailed { processor } => {
+                self.report(ctx, SessionError::ProcessorFailed { processor })
+            }
         }
     }
 }
