@@ -14,7 +14,17 @@ pub fn refuse(
     peer: Option<std::net::IpAddr>,
     metrics: &Metrics,
 ) -> HttpResponse {
-    let correlation_id = Uuid::new_v4();
+    refuse_as(error, peer, metrics, Uuid::new_v4())
+}
+
+/// Like [`refuse`], under a correlation id already logged elsewhere (an audit line), so an
+/// operator handed the id from the response finds every line about the refusal.
+pub fn refuse_as(
+    error: &AdmissionError,
+    peer: Option<std::net::IpAddr>,
+    metrics: &Metrics,
+    correlation_id: Uuid,
+) -> HttpResponse {
     let status =
         StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     metrics

@@ -58,7 +58,9 @@ async fn stream(
     };
     let identity = match authenticate(&req, &query, peer, &current, &state) {
         Ok(identity) => identity,
-        Err(e) => return refuse(&e),
+        Err((e, audited)) => {
+            return crate::refusal::refuse_as(&e, Some(peer), &state.metrics, audited)
+        }
     };
     let params = match StreamParams::from_query(&query, &current.settings.vad) {
         Ok(p) => p,
@@ -99,14 +101,15 @@ struct Admitted {
 
 /// Checks the credential in the `Authorization` header or, failing that, `access_token`.
 /// A failure is counted against `peer`'s allowance and logged as an audit event (never
-/// the credential); past the allowance the answer is 429 instead of 401.
+/// the credential); past the allowance the answer is 429 instead of 401. A refusal comes
+/// with the correlation id of its audit line, for the response to carry.
 fn authenticate(
     req: &HttpRequest,
     query: &HashMap<String, String>,
     peer: IpAddr,
     current: &Current,
     state: &AppState,
-) -> Result<Identity, AdmissionError> {
+) -> Result<Identity, (AdmissionError, Uuid)> {
     let token = bearer(req).or_else(|| query.get("access_token").map(String::as_str));
     let denied = match current.authenticator.authenticate(token) {
         Ok(identity) => {
@@ -136,7 +139,7 @@ fn authenticate(
         presented = token.is_some(),
         "client authentication failed"
     );
-    Err(refusal)
+    Err((refusal, correlation_id))
 }
 
 fn count(state: &AppState, outcome: &str) {
