@@ -9,7 +9,8 @@ use std::fmt;
 pub enum Encoding {
     /// Signed 16-bit little-endian integers; full scale is 32768.
     PcmS16le,
-    /// 32-bit IEEE float little-endian; full scale is 1.0. Non-finite values are read as 0.
+    /// 32-bit IEEE float little-endian; full scale is 1.0. Samples beyond full scale are
+    /// clamped to [-1.0, 1.0]; non-finite values are read as 0.
     PcmF32le,
 }
 
@@ -71,6 +72,9 @@ impl InputFormat {
 
 /// Decodes interleaved PCM into mono by averaging the channels, appending to `out`.
 ///
+/// Every sample appended is finite and within [-1.0, 1.0]: `pcm_f32le` samples are clamped
+/// to full scale (and non-finite ones read as 0) before averaging, so neither a sum of
+/// large values overflowing to infinity nor out-of-range audio reaches the pipeline.
 /// `data.len()` must be a whole number of frames (the session checks this before audio
 /// enters the pipeline); a trailing partial frame is ignored. Downmixing before resampling
 /// is exact (both are linear) and makes resampling cost independent of the channel count.
@@ -102,7 +106,7 @@ pub fn decode_to_mono(format: &InputFormat, data: &[u8], out: &mut Vec<f32>) {
                     .map(|b| {
                         let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                         if v.is_finite() {
-                            v
+                            v.clamp(-1.0, 1.0)
                         } else {
                             0.0
                         }
@@ -149,5 +153,36 @@ mod tests {
         let mut out = Vec::new();
         decode_to_mono(&f, &data, &mut out);
         assert_eq!(out, vec![0.0, 0.0, 0.5]);
+    }
+
+    #[test]
+    fn floats_beyond_full_scale_are_clamped() {
+        let f = InputFormat {
+            sample_rate: 16_000,
+            channels: 4,
+            encoding: Encoding::PcmF32le,
+        };
+        let mut data = Vec::new();
+        // Unclamped, these frames would decode to +inf (the sum overflows), 1.25 and
+        // about -8.5e37.
+        for v in [
+            3e38f32,
+            3e38,
+            3e38,
+            3e38,
+            2.0,
+            2.0,
+            2.0,
+            -1.0,
+            f32::MIN,
+            -1.0,
+            0.5,
+            0.5,
+        ] {
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        let mut out = Vec::new();
+        decode_to_mono(&f, &data, &mut out);
+        assert_eq!(out, vec![1.0, 0.5, -0.25]);
     }
 }
