@@ -6,6 +6,7 @@ mod common;
 use common::process::{voxrt, ServerProcess};
 use common::*;
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 /// An out-of-range value stops startup with exit code 2 and a message naming key, value and range.
 #[test]
@@ -162,5 +163,114 @@ async fn flooding_clients_do_not_grow_server_memory() {
     assert!(
         growth < 8 << 20,
         "server RSS grew by {growth} bytes while clients flooded"
+    );
+}
+
+/// One of many clients streaming at real time when SIGTERM comes: 100 ms chunks of the
+/// recording (looped) until the server closes. Returns its events and close code.
+async fn stream_until_closed(
+    c: Client,
+    pcm: std::sync::Arc<Vec<u8>>,
+    started: tokio::sync::mpsc::Sender<()>,
+) -> (Vec<Value>, Option<u16>) {
+    let (mut sink, mut stream) = c.split();
+    let (closed_tx, mut closed_rx) = tokio::sync::oneshot::channel::<()>();
+    let reader = tokio::spawn(async move {
+        let mut events = Vec::new();
+        let mut closed_tx = Some(closed_tx);
+        loop {
+            match stream.recv().await {
+                Received::Event(v) => {
+                    if v["type"] == "session.closed" {
+                        closed_tx.take().map(|tx| tx.send(()));
+                    }
+                    events.push(v);
+                }
+                Received::Audio(_) => {}
+                Received::Closed(c) => return (events, c.map(|c| c.0)),
+            }
+        }
+    });
+    let mut ticks = tokio::time::interval(std::time::Duration::from_millis(100));
+    let mut first = true;
+    for chunk in pcm.chunks(3200).cycle() {
+        tokio::select! {
+            _ = &mut closed_rx => break,
+            _ = ticks.tick() => {}
+        }
+        if sink
+            .try_send(Message::Binary(chunk.to_vec().into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        if first {
+            first = false;
+            let _ = started.send(()).await;
+        }
+    }
+    reader.await.expect("reader")
+}
+
+/// SIGTERM with 200 sessions streaming at real time: every one of them gets its final
+/// events, `session.closed` (`server_shutdown`) and close 1001, with every chunk the server
+/// accepted processed; the server exits 0 and never had to close a session by force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_closes_every_session_cleanly() {
+    const SESSIONS: usize = 200;
+    // The level meter only: a debug build of the server cannot run VAD for 200 real-time
+    // sessions on two cores, and shutdown is about the actors, not the detector.
+    let server = ServerProcess::start(&[
+        ("VOXRT_SERVER__SHUTDOWN_GRACE_S", "30"),
+        ("VOXRT_PIPELINE__PROCESSORS", "level"),
+    ]);
+    let url = server.url("sample_rate=16000&channels=1&encoding=pcm_s16le");
+    let mut connected = Vec::with_capacity(SESSIONS);
+    for _ in 0..SESSIONS {
+        match Client::connect(&url).await {
+            Ok(c) => connected.push(c),
+            Err(r) => panic!("refused: {r:?}"),
+        }
+    }
+    let (speech, rate) = audio::read_wav(audio::SPEECH);
+    let pcm = std::sync::Arc::new(audio::s16le(&audio::resample(&speech, rate, 16_000), 1));
+    let (started_tx, mut started_rx) = tokio::sync::mpsc::channel(SESSIONS);
+    let clients: Vec<_> = connected
+        .into_iter()
+        .map(|c| tokio::spawn(stream_until_closed(c, pcm.clone(), started_tx.clone())))
+        .collect();
+    for _ in 0..SESSIONS {
+        tokio::time::timeout(HANG, started_rx.recv())
+            .await
+            .expect("every client streaming")
+            .expect("clients alive");
+    }
+    server.signal("TERM");
+    for client in clients {
+        let (events, code) = tokio::time::timeout(HANG, client)
+            .await
+            .expect("client hung")
+            .expect("client");
+        let closed = closed_event(&events);
+        assert_eq!(closed["reason"], "server_shutdown", "{events:?}");
+        assert_eq!(code, Some(1001));
+        assert_eq!(closed["stats"]["chunks_dropped"], 0, "{closed}");
+        assert_eq!(
+            closed["stats"]["chunks_in"], closed["stats"]["chunks_processed"],
+            "{closed}"
+        );
+        for e in of_type(&events, "error") {
+            assert_eq!(e["code"], "audio_after_stop", "{e}");
+        }
+    }
+    let (code, logs) = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .expect("wait");
+    assert_eq!(code, Some(0));
+    assert!(
+        !logs.iter().any(|l| l["message"]
+            == "sessions did not close within shutdown_grace_s; closing them anyway"),
+        "no session had to be closed by force"
     );
 }

@@ -260,7 +260,7 @@ async fn a_registry_panic_restarts_it_with_every_session_and_limit_kept() {
 // ---------------------------------------------------------------------------------------
 
 /// Set in a child process: the stream URL it connects to.
-const CHILD_URL: &str = "VOXRT_TEST_CHILD_URL";
+const CHILD_URL: &str = "TEST_CHILD_CLIENT_URL";
 
 /// Not a test of its own: the client process that the vanishing-client test starts (this
 /// binary, filtered to this function). It connects, prints `session <id>` on stdout and
@@ -457,4 +457,103 @@ async fn clients_that_vanish_are_detected_and_leave_nothing_behind() {
         leftovers(s) == baseline
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Shutdown with a session that cannot finish in time: a server process of our own (this
+// test binary, re-run as a child) whose pipeline has a processor slower than real time.
+// ---------------------------------------------------------------------------------------
+
+/// Set in a child process: run a server with [`slow_catalog`] until SIGTERM (not `VOXRT_`:
+/// the server would read that prefix as configuration).
+const CHILD_SERVER: &str = "TEST_CHILD_SERVER";
+
+/// Sessions at this rate get a processor sleeping 200 ms per 100 ms block.
+const SLOW_RATE: u32 = 22_050;
+
+/// Not a test of its own: the server process that the grace test starts. Configured by its
+/// `VOXRT_*` environment like the real binary, with the slow processor in its catalog.
+#[test]
+#[ignore = "a child process of sigterm_closes_sessions_that_outlast_the_grace_and_names_them"]
+fn child_server_with_a_slow_processor() {
+    if std::env::var(CHILD_SERVER).is_err() {
+        return;
+    }
+    let source = voxrt::ConfigSource::from_process();
+    let settings = source.load().expect("settings");
+    voxrt::logging::init(&settings.log);
+    let (catalog, _probe) = slow_catalog(std::time::Duration::from_millis(200), Some(SLOW_RATE));
+    actix_web::rt::System::new().block_on(async move {
+        let server = voxrt::start(source, catalog).await.expect("server starts");
+        server.run_until_signal().await;
+    });
+}
+
+/// SIGTERM while one session's pipeline holds seconds of work (a processor slower than
+/// real time) and another is ordinary: the ordinary one gets `session.closed`
+/// (`server_shutdown`) and 1001; the slow one is closed anyway after
+/// `server.shutdown_grace_s`, the log line says so and names its session id; exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_sessions_that_outlast_the_grace_and_names_them() {
+    let mut cmd = std::process::Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args([
+        "--exact",
+        "child_server_with_a_slow_processor",
+        "--ignored",
+        "--nocapture",
+    ])
+    .env_clear()
+    .env("PATH", std::env::var("PATH").unwrap_or_default())
+    .env(CHILD_SERVER, "1")
+    .env("VOXRT_PROFILE", "test")
+    .env("VOXRT_PIPELINE__PROCESSORS", "level,vad,slow")
+    .env("VOXRT_SERVER__SHUTDOWN_GRACE_S", "1");
+    let server = ServerProcess::spawn(cmd);
+
+    // 4 s of audio for the slow session: 8 s of work, most of it queued when the signal comes.
+    let mut slow = match Client::connect(&server.url(&query(SLOW_RATE))).await {
+        Ok(c) => c,
+        Err(r) => panic!("refused: {r:?}"),
+    };
+    let slow_id = slow.started["session_id"]
+        .as_str()
+        .expect("session_id")
+        .to_owned();
+    let pcm = audio::s16le(&audio::silence(SLOW_RATE, 4.0), 1);
+    for chunk in pcm.chunks(SLOW_RATE as usize / 10 * 2) {
+        slow.send_audio(chunk.to_vec()).await;
+    }
+    let mut ordinary = match Client::connect(&server.url(&query(16_000))).await {
+        Ok(c) => c,
+        Err(r) => panic!("refused: {r:?}"),
+    };
+    ordinary
+        .send_json(serde_json::json!({"type": "ping", "id": 1}))
+        .await;
+    let mut audio = Vec::new();
+    ordinary.until("pong", &mut audio).await;
+
+    server.signal("TERM");
+    let (events, code) = ordinary.drain().await;
+    assert_eq!(
+        closed_event(&events)["reason"],
+        "server_shutdown",
+        "{events:?}"
+    );
+    assert_eq!(code, Some(1001));
+    // The slow client's connection ends, whatever it last received.
+    let _ = slow.drain().await;
+
+    let line = server.wait_for_log("the forced close", |l| {
+        l["message"] == "sessions did not close within shutdown_grace_s; closing them anyway"
+    });
+    assert!(
+        line["sessions"].to_string().contains(&slow_id),
+        "names the slow session {slow_id}: {line}"
+    );
+    assert_eq!(line["count"], 1, "{line}");
+    let (code, _) = tokio::task::spawn_blocking(move || server.wait())
+        .await
+        .expect("wait");
+    assert_eq!(code, Some(0));
 }

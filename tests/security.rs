@@ -1256,7 +1256,7 @@ async fn client_that_never_reads_is_closed_slow_consumer_readers_are_not() {
     // It ends either by `slow_consumer` (its queue stayed over the bound while the session
     // could still run) or, once the kernel's buffers are full too and writes stall, by
     // TCP_USER_TIMEOUT (`connection_lost`). Either way the server stopped holding data for it.
-    let stats = server
+    server
         .wait_for_stats("the slow consumer's end", |s| {
             s.closed_by_reason.get("error").copied().unwrap_or(0)
                 + s.closed_by_reason

@@ -236,10 +236,15 @@ impl ClientSink {
     }
 
     pub async fn send(&mut self, msg: Message) {
+        self.try_send(msg).await.expect("send failed");
+    }
+
+    /// Like [`ClientSink::send`] but returns the error: for sends that may race with the
+    /// server closing the connection.
+    pub async fn try_send(&mut self, msg: Message) -> Result<(), tungstenite::Error> {
         tokio::time::timeout(HANG, self.sink.send(msg))
             .await
             .expect("send hung")
-            .expect("send failed");
     }
 }
 

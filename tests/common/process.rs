@@ -26,14 +26,25 @@ pub fn voxrt() -> Command {
 impl ServerProcess {
     /// Starts `voxrt` with JSON logs at info plus `envs`, and waits for "voxrt listening".
     pub fn start(envs: &[(&str, &str)]) -> Self {
-        let mut child = voxrt()
+        let mut cmd = voxrt();
+        cmd.envs(envs.iter().copied());
+        Self::spawn(cmd)
+    }
+
+    /// Starts `cmd` (the `voxrt` binary, or a test binary running a server of its own
+    /// with the library) with JSON logs at info, and waits for "voxrt listening".
+    /// `VOXRT_LOG__LEVEL` already set on `cmd` is kept.
+    pub fn spawn(mut cmd: Command) -> Self {
+        let level_set = cmd.get_envs().any(|(k, _)| k == "VOXRT_LOG__LEVEL");
+        if !level_set {
+            cmd.env("VOXRT_LOG__LEVEL", "info");
+        }
+        let mut child = cmd
             .env("VOXRT_LOG__FORMAT", "json")
-            .env("VOXRT_LOG__LEVEL", "info")
-            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("voxrt starts");
+            .expect("server process starts");
         let stderr = child.stderr.take().expect("stderr piped");
         let (tx, logs) = mpsc::channel();
         std::thread::spawn(move || {
