@@ -11,8 +11,12 @@ WORKDIR /build
 # 1. Dependencies only: manifests plus stub sources.
 COPY Cargo.toml Cargo.lock ./
 COPY actors/Cargo.toml actors/Cargo.toml
-RUN mkdir -p src actors/src \
+# The load generator is a workspace member; the image does not build it, but cargo needs
+# its manifest and a stub source to read the workspace.
+COPY loadgen/Cargo.toml loadgen/Cargo.toml
+RUN mkdir -p src actors/src loadgen/src \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs actors/src/lib.rs \
+ && echo 'fn main() {}' > loadgen/src/main.rs \
  && mkdir -p actors/benches && touch actors/benches/registry_stats.rs \
  && cargo build --release --locked --bin voxrt \
  && rm -rf src actors/src

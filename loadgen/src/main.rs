@@ -1,0 +1,463 @@
+//! `voxrt-loadgen`: the project's load generator. Opens many real-time sessions against a
+//! voxrt server (protocol v1, docs/protocol.md), streams recorded speech into each at real
+//! time, and reports connect time, ping round trips, VAD event latency, failures, and the
+//! server's CPU and memory next to its own.
+//!
+//! ```text
+//! voxrt-loadgen --sessions 100 --duration 30 --server-pid $(pgrep -x voxrt)
+//! voxrt-loadgen --ramp 100,200,400 --duration 60 --json
+//! ```
+//!
+//! It is built to cost far less than the server it measures: the audio is encoded once and
+//! every session sends slices of the same buffer; sessions are tasks on one tokio runtime
+//! (`--threads`, default 1).
+//!
+//! A step: connect its sessions at `--connect-rate` per second, stream `--warmup` seconds,
+//! then measure for `--duration` seconds (ping and event latencies, server and own CPU over
+//! exactly that window), then `stop` every session and wait for `session.closed`. Connect
+//! times and failures cover the whole step. With `--ramp` the steps run in order and the
+//! run stops after the first step that misses a target or has a failed session.
+//!
+//! Exit codes: 0 the run completed (failures are reported, not an error); 2 bad arguments,
+//! unreadable audio, or a server that cannot be reached or refuses a first probe session.
+
+mod audio;
+mod latency;
+mod metrics;
+mod proc_stats;
+mod report;
+mod session;
+
+use audio::{Encoding, Format, Recording};
+use clap::Parser;
+use latency::Attribution;
+use metrics::{Metrics, Outcome};
+use proc_stats::Proc;
+use report::{ProcReadings, StepReport, Summary, Targets};
+use session::Plan;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+/// Load generator for voxrt: N real-time WebSocket sessions streaming recorded speech.
+#[derive(Parser, Debug)]
+#[command(name = "voxrt-loadgen", version)]
+struct Args {
+    /// Server address (`ws://host:port`); `/v1/stream?...` is appended.
+    #[arg(long, default_value = "ws://127.0.0.1:8080")]
+    url: String,
+    /// Sessions to run (ignored with --ramp).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    sessions: u64,
+    /// Measured window of each step, seconds (after the connects and the warm-up).
+    #[arg(long, default_value_t = 30.0, value_parser = positive_secs)]
+    duration: f64,
+    /// Streaming before the measured window, seconds; latencies and CPU from it are not
+    /// counted.
+    #[arg(long, default_value_t = 5.0, value_parser = non_negative_secs)]
+    warmup: f64,
+    /// Sample rate declared and sent, Hz.
+    #[arg(long, default_value_t = 48_000, value_parser = clap::value_parser!(u32).range(8_000..=192_000))]
+    rate: u32,
+    /// Channels (the mono recording is duplicated into each).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    channels: u16,
+    /// Sample format on the wire.
+    #[arg(long, value_enum, default_value = "pcm_s16le")]
+    encoding: Encoding,
+    /// Audio per binary frame, milliseconds.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    chunk_ms: u32,
+    /// WAV file to loop (any rate and channels: downmixed, resampled linearly). Default: the
+    /// alsa-utils speech recordings (/usr/share/sounds/alsa/{Front,Rear,Side}_*.wav), each
+    /// followed by 1 s of silence.
+    #[arg(long)]
+    wav: Option<PathBuf>,
+    /// New sessions per second while connecting.
+    #[arg(long, default_value_t = 200.0, value_parser = positive_rate)]
+    connect_rate: f64,
+    /// Steps of sessions, e.g. 100,200,400: each runs --warmup + --duration; the run stops
+    /// at the first step that misses a target or has a failed session.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    ramp: Vec<u64>,
+    /// Ramp target: ping round trip p99, milliseconds.
+    #[arg(long, default_value_t = 50.0)]
+    target_ping_p99_ms: f64,
+    /// Ramp target: VAD event latency p99, milliseconds.
+    #[arg(long, default_value_t = 5.0)]
+    target_event_p99_ms: f64,
+    /// Interval between control pings of each session, milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    ping_every_ms: u64,
+    /// The server's vad.silence_ms, to attribute speech_end events. Default: what the server
+    /// announces in session.started, else 500.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    silence_ms: Option<u64>,
+    /// API key or JWT, sent as `Authorization: Bearer`.
+    #[arg(long, env = "VOXRT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The server's process id: its CPU and RSS are read from /proc at the start and end of
+    /// the measured window (same machine only).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print one JSON line on stdout instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// tokio worker threads of the load generator.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    threads: u16,
+}
+
+fn positive_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1e7 => Ok(v),
+        _ => Err(format!("expected seconds > 0, got {s:?}")),
+    }
+}
+
+fn non_negative_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1e7).contains(&v) => Ok(v),
+        _ => Err(format!("expected seconds >= 0, got {s:?}")),
+    }
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("expected a rate > 0 per second, got {s:?}")),
+    }
+}
+
+/// Send instants remembered per session, seconds of audio (events later than this are
+/// counted as not attributable).
+const SEND_RING_S: u64 = 5;
+/// After `stop`: how long every session has to receive `session.closed`.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// Slack on top of the connect timeouts before the connect phase is given up.
+const CONNECT_SLACK: Duration = Duration::from_secs(25);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(args.threads))
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("voxrt-loadgen: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("voxrt-loadgen: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Everything after argument parsing; `Err` is a reason to exit 2 before any load ran.
+async fn run(args: Args) -> Result<(), String> {
+    let base_url = ws_base(&args.url)?;
+    let format = Format {
+        rate: args.rate,
+        channels: args.channels,
+        encoding: args.encoding,
+        chunk_ms: args.chunk_ms,
+    };
+    let url = format!(
+        "{base_url}/v1/stream?sample_rate={}&channels={}&encoding={}",
+        format.rate,
+        format.channels,
+        format.encoding.name()
+    );
+    let auth = match &args.token {
+        Some(t) => Some(
+            HeaderValue::from_str(&format!("Bearer {t}"))
+                .map_err(|_| "--token must be printable ASCII".to_string())?,
+        ),
+        None => None,
+    };
+    let server = args.server_pid.map(Proc::Pid);
+    if let Some(p) = server {
+        p.sample().map_err(|e| format!("--server-pid: {e}"))?;
+    }
+    let recording = Recording::load(args.wav.as_deref(), &format)?;
+
+    let started = session::probe(&url, auth.as_ref())
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    if let Some(max) = started.max_binary_frame_bytes {
+        if recording.chunk_bytes() as u64 > max {
+            return Err(format!(
+                "a {} ms chunk is {} bytes, over the server's max_binary_frame_bytes {max}; \
+                 use a smaller --chunk-ms",
+                args.chunk_ms,
+                recording.chunk_bytes()
+            ));
+        }
+    }
+    let attribution = Attribution {
+        rate: format.rate,
+        frames_per_chunk: recording.frames_per_chunk,
+        min_speech_ms: started.min_speech_ms.unwrap_or(100),
+        silence_ms: args.silence_ms.or(started.silence_ms).unwrap_or(500),
+    };
+    let ring_chunks = (SEND_RING_S * 1000).div_ceil(u64::from(args.chunk_ms)) as usize;
+    eprintln!(
+        "voxrt-loadgen: {url}: audio {} ({:.1} s loop, {} chunks of {} bytes)",
+        recording.source,
+        recording.loop_s,
+        recording.chunks.len(),
+        recording.chunk_bytes()
+    );
+    let plan = Arc::new(Plan {
+        url: url.clone(),
+        auth,
+        rate: format.rate,
+        attribution,
+        ping_every: Duration::from_millis(args.ping_every_ms),
+        ring_chunks,
+        recording: recording.clone(),
+    });
+
+    let interrupted = interrupt_signal();
+    let targets = Targets {
+        ping_p99_ms: args.target_ping_p99_ms,
+        event_p99_ms: args.target_event_p99_ms,
+    };
+    let steps: Vec<u64> = if args.ramp.is_empty() {
+        vec![args.sessions]
+    } else {
+        args.ramp.clone()
+    };
+    let mut reports = Vec::new();
+    for &n in &steps {
+        let report = run_step(&plan, n, &args, server, targets, interrupted.clone()).await;
+        let passed = report.passed;
+        eprintln!(
+            "voxrt-loadgen: step of {n} sessions: {}",
+            if passed {
+                "targets met".to_string()
+            } else {
+                format!("missed: {}", report.failed_checks.join("; "))
+            }
+        );
+        reports.push(report);
+        if !passed || *interrupted.borrow() {
+            break;
+        }
+    }
+
+    let ramp = !args.ramp.is_empty();
+    let Some(last) = reports.last().cloned() else {
+        return Err("no step ran".into());
+    };
+    let summary = Summary {
+        url,
+        rate_hz: format.rate,
+        channels: format.channels,
+        encoding: format.encoding.name(),
+        chunk_ms: format.chunk_ms,
+        audio_loop_s: recording.loop_s,
+        vad_silence_ms: attribution.silence_ms,
+        vad_min_speech_ms: attribution.min_speech_ms,
+        loadgen_threads: usize::from(args.threads),
+        target_ping_p99_ms: targets.ping_p99_ms,
+        target_event_p99_ms: targets.event_p99_ms,
+        interrupted: *interrupted.borrow(),
+        last,
+        steps: ramp.then(|| reports.clone()),
+        ramp_max_passing_sessions: ramp.then(|| {
+            reports
+                .iter()
+                .filter(|r| r.passed)
+                .map(|r| r.sessions)
+                .max()
+        }),
+    };
+    if args.json {
+        println!("{}", summary.json());
+    } else {
+        print!("{}", summary.table(&reports));
+    }
+    Ok(())
+}
+
+/// `ws://host:port` without a trailing slash; `http://` is taken as `ws://`.
+fn ws_base(url: &str) -> Result<String, String> {
+    let url = url.trim_end_matches('/');
+    if let Some(rest) = url.strip_prefix("http://") {
+        return Ok(format!("ws://{rest}"));
+    }
+    if url.starts_with("ws://") {
+        return Ok(url.to_string());
+    }
+    Err(format!(
+        "--url must be ws://host:port (TLS is not supported), got {url:?}"
+    ))
+}
+
+/// A flag set by the first Ctrl-C (the current step ends early and is reported); a second
+/// one exits at once.
+fn interrupt_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            // No signal handling here: never interrupted.
+            std::future::pending::<()>().await;
+        }
+        eprintln!("voxrt-loadgen: interrupted; stopping sessions (Ctrl-C again to quit now)");
+        let _ = tx.send(true);
+        let _ = tokio::signal::ctrl_c().await;
+        std::process::exit(130);
+    });
+    rx
+}
+
+/// Sleeps until `until`; false if interrupted first.
+async fn sleep_or_interrupt(until: Instant, interrupted: &mut watch::Receiver<bool>) -> bool {
+    if *interrupted.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep_until(until) => true,
+        _ = interrupted.wait_for(|&i| i) => false,
+    }
+}
+
+/// Runs one step of `n` sessions and reports it.
+async fn run_step(
+    plan: &Arc<Plan>,
+    n: u64,
+    args: &Args,
+    server: Option<Proc>,
+    targets: Targets,
+    mut interrupted: watch::Receiver<bool>,
+) -> StepReport {
+    let metrics = Arc::new(Metrics::default());
+    let mut procs = ProcReadings {
+        server_before: server.and_then(|p| p.sample().ok()),
+        ..ProcReadings::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(None);
+    let (settled_tx, mut settled_rx) = mpsc::unbounded_channel();
+    let base = Instant::now();
+    let spread = Duration::from_secs_f64(n as f64 / args.connect_rate);
+    let mut sessions = JoinSet::new();
+    for i in 0..n {
+        let start_at = base + Duration::from_secs_f64(i as f64 / args.connect_rate);
+        sessions.spawn(session::run(
+            plan.clone(),
+            metrics.clone(),
+            start_at,
+            stop_rx.clone(),
+            settled_tx.clone(),
+        ));
+    }
+    drop(settled_tx);
+    eprintln!(
+        "voxrt-loadgen: step of {n} sessions: connecting over {:.1} s",
+        spread.as_secs_f64()
+    );
+
+    // Connect phase: until every session is connected or has failed to.
+    let connect_deadline = base + spread + CONNECT_SLACK;
+    let mut settled = 0;
+    while settled < n {
+        tokio::select! {
+            got = settled_rx.recv() => match got {
+                Some(()) => settled += 1,
+                None => break,
+            },
+            _ = tokio::time::sleep_until(connect_deadline) => break,
+            _ = interrupted.wait_for(|&i| i) => break,
+        }
+    }
+    let connected = metrics.snapshot().counts.sessions_started;
+    eprintln!(
+        "voxrt-loadgen: {connected}/{n} connected in {:.1} s; warm-up {:.0} s, then {:.0} s measured",
+        base.elapsed().as_secs_f64(),
+        args.warmup,
+        args.duration
+    );
+
+    let mut window_s = 0.0;
+    if sleep_or_interrupt(
+        Instant::now() + Duration::from_secs_f64(args.warmup),
+        &mut interrupted,
+    )
+    .await
+    {
+        let start = Instant::now();
+        procs.server_start = server.and_then(|p| p.sample().ok());
+        procs.own_start = Proc::Current.sample().ok();
+        metrics.start_window(start.into_std());
+        sleep_or_interrupt(
+            start + Duration::from_secs_f64(args.duration),
+            &mut interrupted,
+        )
+        .await;
+        let end = Instant::now();
+        metrics.end_window(end.into_std());
+        procs.server_end = server.and_then(|p| p.sample().ok());
+        procs.own_end = Proc::Current.sample().ok();
+        window_s = (end - start).as_secs_f64();
+    }
+
+    // Stop every session and wait (bounded) for them to finish.
+    let deadline = Instant::now() + STOP_GRACE;
+    let _ = stop_tx.send(Some(deadline));
+    let all_done = async { while sessions.join_next().await.is_some() {} };
+    if tokio::time::timeout_at(deadline + Duration::from_secs(2), all_done)
+        .await
+        .is_err()
+    {
+        // Sessions cut themselves off at the deadline; any still running is counted here.
+        for _ in 0..sessions.len() {
+            metrics.finished(&Outcome::NoSessionClosed, 0, false, 0);
+        }
+        sessions.abort_all();
+    }
+    StepReport::new(
+        n,
+        window_s,
+        args.warmup,
+        metrics.snapshot(),
+        &procs,
+        targets,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(ws_base("ws://h:1/").as_deref(), Ok("ws://h:1"));
+        assert_eq!(ws_base("http://h:1").as_deref(), Ok("ws://h:1"));
+        assert!(ws_base("wss://h:1").is_err());
+    }
+
+    #[test]
+    fn ramp_parses_a_list() {
+        let a = Args::try_parse_from(["x", "--ramp", "100,200,400"]).expect("parses");
+        assert_eq!(a.ramp, vec![100, 200, 400]);
+        assert!(Args::try_parse_from(["x", "--encoding", "pcm_u8"]).is_err());
+    }
+}
