@@ -17,7 +17,8 @@ COPY loadgen/Cargo.toml loadgen/Cargo.toml
 RUN mkdir -p src actors/src loadgen/src \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs actors/src/lib.rs \
  && echo 'fn main() {}' > loadgen/src/main.rs \
- && mkdir -p actors/benches && touch actors/benches/registry_stats.rs \
+ && mkdir -p actors/benches benches \
+ && touch actors/benches/registry_stats.rs actors/benches/hot_path.rs benches/pipeline.rs \
  && cargo build --release --locked --bin voxrt \
  && rm -rf src actors/src
 # 2. voxrt itself.

@@ -12,6 +12,7 @@
 //! - [`auth`]: client credentials (API keys, JWTs) and the admin token.
 //! - `reload`: applying a re-read configuration to a running server.
 //! - `refusal`: HTTP JSON errors before the upgrade.
+//! - `web`: the browser page at `/` (microphone demo), compiled into the binary.
 //! - [`logging`]: tracing setup with a reloadable filter.
 //!
 //! Like mini-redis, the binary is thin: tests call the same [`server::start`] on
@@ -30,6 +31,7 @@ mod reload;
 pub mod server;
 pub mod settings;
 mod stream;
+mod web;
 
 pub use server::{start, RunningServer, StartError};
 pub use settings::{ConfigSource, Settings};
@@ -62,13 +64,7 @@ impl Current {
     fn new(settings: Settings) -> Result<Self, settings::SettingsError> {
         let authenticator = auth::Authenticator::new(&settings.auth)?;
         let address_limits = address_limits::AddressLimits::new(&settings);
-        let session_config = Arc::new(SessionConfig {
-            limits: settings.session,
-            registry: settings.registry,
-            pipeline: settings.pipeline.clone(),
-            level: settings.level,
-            supervision: settings.supervision,
-        });
+        let session_config = Arc::new(settings.session_config());
         let hash = settings.fingerprint();
         Ok(Self {
             settings: Arc::new(settings),

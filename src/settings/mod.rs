@@ -491,6 +491,17 @@ impl Settings {
         hex::encode(sha2::Sha256::digest(json))
     }
 
+    /// What every session's actors are built with, from these settings.
+    pub fn session_config(&self) -> voxrt_actors::session::SessionConfig {
+        voxrt_actors::session::SessionConfig {
+            limits: self.session,
+            registry: self.registry,
+            pipeline: self.pipeline.clone(),
+            level: self.level,
+            supervision: self.supervision,
+        }
+    }
+
     /// The most memory one session can make the server hold, in bytes: audio in flight
     /// before the resampler, one frame being read, full processor mailboxes (and the
     /// returned-audio queue) of at most 100 ms blocks, the outgoing queue, plus fixed
