@@ -125,6 +125,7 @@ pub async fn start(
             .wrap(from_fn(access_log))
             .configure(stream::configure)
             .configure(ops::configure_probes)
+            .configure(crate::web::configure)
             .configure(|cfg| {
                 if admin_on_main {
                     ops::configure_admin(cfg);
