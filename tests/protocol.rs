@@ -127,7 +127,12 @@ async fn session_started_reports_id_input_pipeline_vad_defaults_and_configured_l
         b.started["input"],
         json!({"sample_rate": 16000, "channels": 1, "encoding": "pcm_s16le"})
     );
-    assert_eq!(s["pipeline"], json!({"sample_rate": 16000, "channels": 1}));
+    // 44.1 kHz goes through rubato's Fft with a 10 ms filter delay; 16 kHz passes through.
+    assert_eq!(
+        s["pipeline"],
+        json!({"sample_rate": 16000, "channels": 1, "resampler_delay_ms": 10.0})
+    );
+    assert_eq!(b.started["pipeline"]["resampler_delay_ms"], 0.0);
     assert_eq!(
         s["vad"],
         json!({"threshold": 0.5, "silence_ms": 500, "min_speech_ms": 100}),

@@ -44,6 +44,8 @@ pub struct Pipeline {
     pub resampler: Addr<Resampler>,
     /// Counts what is queued to the resampler.
     pub resampler_probe: StageProbe,
+    /// The resampler's filter delay, ms (announced in `session.started`).
+    pub resampler_delay_ms: f64,
 }
 
 impl Pipeline {
@@ -94,6 +96,7 @@ impl Pipeline {
         let rate = params.input.sample_rate;
         let dsp = StreamResampler::new(rate)
             .map_err(|source| PipelineError::Resampler { rate, source })?;
+        let resampler_delay_ms = dsp.delay_ms();
         let resampler = Resampler::new(
             params.input,
             dsp,
@@ -114,6 +117,7 @@ impl Pipeline {
         Ok(Pipeline {
             resampler,
             resampler_probe,
+            resampler_delay_ms,
         })
     }
 }

@@ -8,10 +8,12 @@
 //! - `speech_end` with `t_ms` (where speech stopped) is decided by the frame that completes
 //!   `silence_ms` of silence: the one ending at `t_ms + ceil(silence_ms / 16) * 16`.
 //!
-//! The latency of an event is its receive time minus the send time of the chunk holding the
-//! last input sample of that deciding frame. It therefore includes the resampler's look-ahead
-//! (a few ms of audio it needs beyond that sample) and every queue on the way, but none of the
-//! audio the VAD has to hear first. When speech is interrupted by short pauses before
+//! The resampler needs `pipeline.resampler_delay_ms` (announced in `session.started`) of input
+//! beyond a pipeline sample before it can emit that sample, so the input the server needs is
+//! up to the deciding frame's end plus that delay. The latency of an event is its receive
+//! time minus the send time of the chunk holding that last needed input sample. It includes
+//! the rest of the resampler's block (it works on 10 ms blocks) and every queue on the way,
+//! but none of the audio the VAD or the filter has to hear first. When speech is interrupted by short pauses before
 //! `min_speech_ms` is reached, the real deciding frame is later than the one assumed here and
 //! the figure overstates the latency (never understates it).
 
@@ -40,6 +42,8 @@ pub struct Attribution {
     pub min_speech_ms: u64,
     /// The session's `vad.silence_ms`.
     pub silence_ms: u64,
+    /// The resampler's filter delay, ms (`pipeline.resampler_delay_ms`).
+    pub resampler_delay_ms: f64,
 }
 
 impl Attribution {
@@ -50,8 +54,11 @@ impl Attribution {
             VadEvent::SpeechStart => self.min_speech_ms.div_ceil(VAD_FRAME_MS).max(1),
             VadEvent::SpeechEnd => self.silence_ms.div_ceil(VAD_FRAME_MS).max(1),
         } * VAD_FRAME_MS;
-        // Last pipeline sample of the deciding frame, then the input frame at that time.
-        let last_sample = (t_ms + wait_ms) * PIPELINE_SAMPLES_PER_MS - 1;
+        // Last pipeline sample of the deciding frame, plus the filter delay, then the input
+        // frame at that time.
+        let delay_samples =
+            (self.resampler_delay_ms * PIPELINE_SAMPLES_PER_MS as f64).ceil() as u64;
+        let last_sample = (t_ms + wait_ms) * PIPELINE_SAMPLES_PER_MS - 1 + delay_samples;
         let input_frame = u128::from(last_sample) * u128::from(self.rate) / u128::from(16_000u32);
         (input_frame / u128::from(self.frames_per_chunk.max(1))) as u64
     }
@@ -109,6 +116,7 @@ mod tests {
             frames_per_chunk: 960,
             min_speech_ms: 100,
             silence_ms: 500,
+            resampler_delay_ms: 0.0,
         }
     }
 
@@ -145,8 +153,21 @@ mod tests {
             frames_per_chunk: 882,
             min_speech_ms: 100,
             silence_ms: 500,
+            resampler_delay_ms: 0.0,
         };
         assert_eq!(a.chunk_index(VadEvent::SpeechEnd, 0), 25);
+    }
+
+    #[test]
+    fn the_resampler_delay_moves_the_deciding_chunk() {
+        // 48 kHz, 20 ms chunks. speech_end at 1008 ms is decided by the frame ending at
+        // 1520 ms (512 ms of silence later): input up to 1520 ms is chunk 75 (1500-1520 ms);
+        // with a 5 ms filter delay the server needs input up to 1525 ms, in chunk 76.
+        let mut a = at48k_20ms();
+        a.resampler_delay_ms = 5.0;
+        assert_eq!(a.chunk_index(VadEvent::SpeechEnd, 1008), 76);
+        a.resampler_delay_ms = 0.0;
+        assert_eq!(a.chunk_index(VadEvent::SpeechEnd, 1008), 75);
     }
 
     #[test]

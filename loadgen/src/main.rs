@@ -210,6 +210,7 @@ async fn run(args: Args) -> Result<(), String> {
         frames_per_chunk: recording.frames_per_chunk,
         min_speech_ms: started.min_speech_ms.unwrap_or(100),
         silence_ms: args.silence_ms.or(started.silence_ms).unwrap_or(500),
+        resampler_delay_ms: started.resampler_delay_ms.unwrap_or(0.0),
     };
     let ring_chunks = (SEND_RING_S * 1000).div_ceil(u64::from(args.chunk_ms)) as usize;
     eprintln!(

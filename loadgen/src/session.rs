@@ -83,6 +83,8 @@ pub struct Started {
     pub min_speech_ms: Option<u64>,
     /// `limits.max_binary_frame_bytes`.
     pub max_binary_frame_bytes: Option<u64>,
+    /// `pipeline.resampler_delay_ms` (servers before it was announced: absent).
+    pub resampler_delay_ms: Option<f64>,
 }
 
 impl Started {
@@ -92,6 +94,9 @@ impl Started {
             silence_ms: n("/vad/silence_ms"),
             min_speech_ms: n("/vad/min_speech_ms"),
             max_binary_frame_bytes: n("/limits/max_binary_frame_bytes"),
+            resampler_delay_ms: v
+                .pointer("/pipeline/resampler_delay_ms")
+                .and_then(Value::as_f64),
         }
     }
 }

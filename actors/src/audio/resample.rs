@@ -188,6 +188,12 @@ impl StreamResampler {
         self.block_in
     }
 
+    /// The filter delay trimmed from the output, in milliseconds: output up to input time `t`
+    /// needs input up to `t` plus this (and the rest of the block holding it).
+    pub fn delay_ms(&self) -> f64 {
+        self.delay as f64 * 1000.0 / f64::from(PIPELINE_RATE)
+    }
+
     /// Resamples `input` (mono, input rate), appending 16 kHz output to `out`.
     pub fn process(&mut self, mut input: &[f32], out: &mut Vec<f32>) -> Result<(), ResampleError> {
         self.frames_in += input.len() as u64;

@@ -526,6 +526,7 @@ impl Actor for Session {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.stage.started();
         let sink = ctx.address().recipient();
+        let pipeline_format;
         match Pipeline::start(
             self.id,
             &self.params,
@@ -535,7 +536,10 @@ impl Actor for Session {
             self.counters.clone(),
             &self.metrics,
         ) {
-            Ok(pipeline) => self.pipeline = Some(pipeline),
+            Ok(pipeline) => {
+                pipeline_format = PipelineFormat::with_delay(pipeline.resampler_delay_ms);
+                self.pipeline = Some(pipeline);
+            }
             Err(e) => {
                 self.span
                     .in_scope(|| warn!(error = %e, "pipeline could not start"));
@@ -554,7 +558,7 @@ impl Actor for Session {
         let started = ServerEvent::SessionStarted {
             session_id: self.id,
             input: self.params.input,
-            pipeline: PipelineFormat::default(),
+            pipeline: pipeline_format,
             vad: self.params.vad,
             limits: self.limits_info(),
         };
