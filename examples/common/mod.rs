@@ -259,7 +259,7 @@ async fn connect(url: &str, token: Option<&str>) -> Result<Ws, Failure> {
             CONNECT_TIMEOUT.as_secs()
         ))),
         Ok(Ok((ws, _response))) => Ok(ws),
-        Ok(Err(tungstenite::Error::Http(response))) => Err(refusal(&response)),
+        Ok(Err(tungstenite::Error::Http(response))) => Err(refusal(&response, token.is_some())),
         Ok(Err(tungstenite::Error::Io(e))) => Err(Failure::Unreachable(format!(
             "server unreachable at {url}: {e} (is the server running? start it with `cargo run`)"
         ))),
@@ -271,9 +271,15 @@ async fn connect(url: &str, token: Option<&str>) -> Result<Ws, Failure> {
 }
 
 /// Describes an HTTP refusal: status plus the server's `{"error":{code,message,...}}`, or the
-/// start of the body when it is not that.
-fn refusal(response: &tungstenite::handshake::client::Response) -> Failure {
+/// start of the body when it is not that; a 401 also says what to do about the credential
+/// (`with_token`: one was presented).
+fn refusal(response: &tungstenite::handshake::client::Response, with_token: bool) -> Failure {
     let status = response.status();
+    let hint = match (status.as_u16(), with_token) {
+        (401, false) => "; pass an API key or JWT with `--token` (or set VOXRT_TOKEN)",
+        (401, true) => "; check the key or JWT given with `--token` (or VOXRT_TOKEN)",
+        _ => "",
+    };
     let body = response.body().as_deref().unwrap_or_default();
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let error = parsed.as_ref().and_then(|v| v.get("error"));
@@ -292,14 +298,14 @@ fn refusal(response: &tungstenite::handshake::client::Response) -> Failure {
                 .map(|s| format!(", retry after {s} s"))
                 .unwrap_or_default();
             Failure::Refused(format!(
-                "refused by the server: HTTP {status} {code}: {message} (correlation_id {cid}{retry})"
+                "refused by the server: HTTP {status} {code}: {message}{hint} (correlation_id {cid}{retry})"
             ))
         }
         None => {
             let text = String::from_utf8_lossy(body);
             let text: String = text.trim().chars().take(200).collect();
             Failure::Refused(format!(
-                "refused by the server: HTTP {status}{}{text}",
+                "refused by the server: HTTP {status}{}{text}{hint}",
                 if text.is_empty() { "" } else { ": " }
             ))
         }
