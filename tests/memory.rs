@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::process::ServerProcess;
+use common::process::{rss_bytes, ServerProcess};
 use common::*;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,18 +14,6 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 const QUERY: &str = "sample_rate=16000&channels=1&encoding=pcm_s16le";
-
-/// Resident memory of a process, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
-    kb * 1024
-}
 
 /// 200 ms of the recording at 16 kHz, as 20 ms frames.
 fn short_clip() -> Vec<Vec<u8>> {
@@ -88,19 +76,7 @@ async fn ten_thousand_sessions_leave_no_memory_behind() {
         after as f64 <= warm as f64 * 1.05,
         "RSS grew from {warm} to {after} bytes over 9,900 sessions"
     );
-    let stats: Value = tokio::task::spawn_blocking({
-        let url = format!("{}/v1/stats", server.http());
-        move || {
-            ureq::get(url)
-                .call()
-                .expect("stats")
-                .body_mut()
-                .read_json()
-                .expect("JSON")
-        }
-    })
-    .await
-    .expect("stats");
+    let stats = server.stats().await;
     assert_eq!(stats["registry"]["sessions_active"], 0, "{stats}");
     assert_eq!(stats["registry"]["sessions_reserved"], 0, "{stats}");
     assert_eq!(stats["registry"]["closed_total"], 10_000, "{stats}");
@@ -183,19 +159,7 @@ async fn flood_within_bound(mode: &str) {
     const SESSIONS: usize = 100;
     const SECS: u64 = 60;
     let server = ServerProcess::start(&[("VOXRT_PIPELINE__BACKPRESSURE", mode)]);
-    let stats: Value = tokio::task::spawn_blocking({
-        let url = format!("{}/v1/stats", server.http());
-        move || {
-            ureq::get(url)
-                .call()
-                .expect("stats")
-                .body_mut()
-                .read_json()
-                .expect("JSON")
-        }
-    })
-    .await
-    .expect("stats");
+    let stats = server.stats().await;
     let reserve = stats["registry"]["reserve_bytes_per_session"]
         .as_u64()
         .expect("reserve_bytes_per_session");

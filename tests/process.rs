@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::process::{voxrt, ServerProcess};
+use common::process::{rss_bytes, voxrt, ServerProcess};
 use common::*;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -95,18 +95,6 @@ async fn sigterm_drains_sessions_and_exits_zero() {
     }
     let (code, _logs) = server.wait();
     assert_eq!(code, Some(0));
-}
-
-/// Resident memory of a process, in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS");
-    kb * 1024
 }
 
 /// Streams `secs` of audio as fast as the server lets it, reading events concurrently;

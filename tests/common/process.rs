@@ -120,6 +120,36 @@ impl ServerProcess {
     }
 }
 
+impl ServerProcess {
+    /// `GET /v1/stats` as JSON (the test profile sets no admin token); usable from async
+    /// tests (the blocking request runs on tokio's blocking pool).
+    pub async fn stats(&self) -> Value {
+        let url = format!("{}/v1/stats", self.http());
+        tokio::task::spawn_blocking(move || {
+            ureq::get(url)
+                .call()
+                .expect("stats")
+                .body_mut()
+                .read_json::<Value>()
+                .expect("stats JSON")
+        })
+        .await
+        .expect("stats request")
+    }
+}
+
+/// Resident memory of a process, in bytes (`VmRSS` in `/proc/<pid>/status`).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
