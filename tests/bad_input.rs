@@ -59,20 +59,6 @@ fn one_nonfatal(events: &[Value], code: &str) -> String {
     e["message"].as_str().expect("message").to_owned()
 }
 
-/// Reads to the close after a fatal error; asserts `error{code, fatal:true}`, then
-/// `session.closed{reason:"error"}` last, then close `close`.
-async fn expect_fatal(c: &mut Client, code: &str, close: u16) -> Value {
-    let (events, got) = c.drain().await;
-    let errors = errors_with_code(&events, code);
-    assert_eq!(errors.len(), 1, "one {code} error: {events:?}");
-    assert_eq!(errors[0]["fatal"], true, "{events:?}");
-    let last = events.last().expect("events");
-    assert_eq!(last["type"], "session.closed", "{events:?}");
-    assert_eq!(last["reason"], "error", "{events:?}");
-    assert_eq!(got, Some(close), "close code; events {events:?}");
-    last.clone()
-}
-
 /// A fresh session on `server` streams, flushes and stops normally.
 async fn fresh_session_works(server: &TestServer) {
     let mut c = server.connect(S16_16K).await;

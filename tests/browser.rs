@@ -13,7 +13,7 @@
 
 mod common;
 use common::process::ServerProcess;
-use common::{audio, HANG};
+use common::{audio, temp_dir, HANG};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use std::os::unix::process::CommandExt;
@@ -37,33 +37,6 @@ const API_KEY: &str = "browser-test-key-0123456789abcdef";
 // ---------------------------------------------------------------------------------------------
 // Files and processes
 // ---------------------------------------------------------------------------------------------
-
-/// A fresh directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "voxrt-browser-{label}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).expect("temp dir");
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Debian's chromium launcher, or a failure that says how to get it.
 fn chromium() -> PathBuf {
@@ -117,7 +90,7 @@ fn speech_wav(dir: &Path) -> PathBuf {
 struct Browser {
     child: Child,
     /// Profile, DevToolsActivePort and the browser's log.
-    dir: TempDir,
+    dir: tempfile::TempDir,
     /// `ws://127.0.0.1:{port}/devtools/browser/{id}`.
     devtools_url: String,
 }
@@ -125,7 +98,7 @@ struct Browser {
 impl Browser {
     fn launch(wav: &Path) -> Browser {
         let binary = chromium();
-        let dir = TempDir::new("chromium");
+        let dir = temp_dir("chromium");
         let profile = dir.path().join("profile");
         std::fs::create_dir_all(&profile).expect("profile dir");
         let log = std::fs::File::create(dir.path().join("chromium.log")).expect("log file");
@@ -548,7 +521,7 @@ fn number(v: &Value) -> u64 {
 async fn page_streams_the_microphone_and_shows_speech_segments() {
     let began = Instant::now();
     let _chromium = chromium();
-    let work = TempDir::new("test");
+    let work = temp_dir("test");
     let wav = speech_wav(work.path());
     let config_file = work.path().join("voxrt.toml");
     std::fs::write(&config_file, config(&["https://voxrt.example"])).expect("config");

@@ -243,7 +243,7 @@ fn mic_capture_lists_devices_with_their_formats_and_picks_one_by_name() {
 #[test]
 fn stream_wav_streams_a_recording_in_real_time_and_reports_its_speech() {
     let server = ServerProcess::start(&[]);
-    let home = TempDir::new("wav-realtime");
+    let home = temp_dir("wav-realtime");
     let url = format!("ws://127.0.0.1:{}", server.port);
     let (speech, rate) = audio::read_wav(audio::SPEECH);
     let truth = truth_in_padded_clip(&speech, rate, LEAD_S);
@@ -300,7 +300,7 @@ fn stream_wav_streams_a_recording_in_real_time_and_reports_its_speech() {
 #[test]
 fn stream_wav_fast_streams_any_rate_and_channel_count() {
     let server = ServerProcess::start(&[]);
-    let home = TempDir::new("wav-fast");
+    let home = temp_dir("wav-fast");
     let url = format!("ws://127.0.0.1:{}", server.port);
     let (speech, rate) = audio::read_wav(audio::SPEECH);
 
@@ -373,7 +373,7 @@ fn stream_wav_fast_streams_any_rate_and_channel_count() {
 /// its own `ALSA lib ...` lines to stderr first.)
 #[test]
 fn mic_capture_without_an_input_device_says_what_to_try_and_exits_with_2() {
-    let home = TempDir::new("no-device");
+    let home = temp_dir("no-device");
     std::fs::write(
         home.path().join(".asoundrc"),
         "pcm.!default { type hw card \"voxrt_test_no_such_card\" }\n",
@@ -579,31 +579,6 @@ fn example(name: &str) -> PathBuf {
 fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
-}
-
-/// A fresh directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(label: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "voxrt-clients-{label}-{}-{}",
-            std::process::id(),
-            uuid::Uuid::new_v4()
-        ));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Which output a line came from.
@@ -859,14 +834,14 @@ impl Format {
 /// A HOME whose `.asoundrc` makes ALSA's default capture device (also named `speechfile`)
 /// read a named pipe that [`PipeMic::feed`] writes; see the module docs.
 struct PipeMic {
-    home: TempDir,
+    home: tempfile::TempDir,
     /// The pipe, open for reading and writing.
     pipe: File,
 }
 
 impl PipeMic {
     fn new() -> PipeMic {
-        let home = TempDir::new("mic");
+        let home = temp_dir("mic");
         let fifo = home.path().join("mic.pipe");
         let status = Command::new("mkfifo")
             .arg(&fifo)

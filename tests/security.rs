@@ -263,20 +263,6 @@ impl Healthy {
     }
 }
 
-/// Reads to the close after a fatal error: one `error{code, fatal:true}`, `session.closed`
-/// (reason `error`) last, close code `close`. Returns the events.
-async fn expect_fatal(c: &mut Client, code: &str, close: u16) -> Vec<Value> {
-    let (events, got) = c.drain().await;
-    let errors = errors_with_code(&events, code);
-    assert_eq!(errors.len(), 1, "one {code} error: {events:?}");
-    assert_eq!(errors[0]["fatal"], true, "{events:?}");
-    let last = events.last().expect("events");
-    assert_eq!(last["type"], "session.closed", "{events:?}");
-    assert_eq!(last["reason"], "error", "{events:?}");
-    assert_eq!(got, Some(close), "close code; events {events:?}");
-    events
-}
-
 // ---------------------------------------------------------------------------------------------
 // Credentials.
 // ---------------------------------------------------------------------------------------------
@@ -328,34 +314,14 @@ fn b64url(bytes: &[u8]) -> String {
     out
 }
 
-/// A directory of its own under the system temp dir, removed on drop.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "voxrt-security-{tag}-{}-{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// An openssl-generated key pair (`genpkey` args): (PKCS#8 private PEM, public PEM path).
-fn openssl_keypair(dir: &TempDir, name: &str, genpkey: &[&str]) -> Option<(Vec<u8>, String)> {
-    let private = dir.0.join(format!("{name}.key"));
-    let public = dir.0.join(format!("{name}.pub.pem"));
+fn openssl_keypair(
+    dir: &tempfile::TempDir,
+    name: &str,
+    genpkey: &[&str],
+) -> Option<(Vec<u8>, String)> {
+    let private = dir.path().join(format!("{name}.key"));
+    let public = dir.path().join(format!("{name}.pub.pem"));
     let ok = std::process::Command::new("openssl")
         .arg("genpkey")
         .args(genpkey)
@@ -584,7 +550,7 @@ async fn jwt_valid_tokens_pass_invalid_ones_get_401_and_claims_only_tighten_ttl(
     healthy.finish().await;
 
     // Asymmetric keys.
-    let dir = TempDir::new("jwt");
+    let dir = temp_dir("jwt");
     let kinds = [
         (
             "ES256",

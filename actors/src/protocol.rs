@@ -63,7 +63,7 @@ fn clip(s: &str) -> String {
 
 /// Query parameters of `GET /v1/stream`. `access_token` is the browser's way to present a
 /// credential (it cannot set headers on a WebSocket); the server's auth consumes it.
-const KNOWN_PARAMS: [&str; 8] = [
+pub const KNOWN_PARAMS: [&str; 8] = [
     "access_token",
     "sample_rate",
     "channels",

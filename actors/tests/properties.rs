@@ -447,16 +447,8 @@ fn bad_value(param: &'static str) -> BoxedStrategy<String> {
 }
 
 fn bad_param() -> impl Strategy<Value = (&'static str, String)> {
-    prop::sample::select(vec![
-        "sample_rate",
-        "channels",
-        "encoding",
-        "return_audio",
-        "vad_threshold",
-        "vad_silence_ms",
-        "vad_min_speech_ms",
-    ])
-    .prop_flat_map(|p| (Just(p), bad_value(p)))
+    // Every parameter but access_token (which the query parser passes on to auth).
+    prop::sample::select(KNOWN_PARAMS[1..].to_vec()).prop_flat_map(|p| (Just(p), bad_value(p)))
 }
 
 /// Query-ish text: arbitrary, or known and unknown keys with arbitrary values.

@@ -587,3 +587,26 @@ pub fn by_type(events: &[Value]) -> std::collections::BTreeMap<String, Vec<Value
     }
     out
 }
+
+/// A fresh directory under the system temp dir, removed when dropped; `label` shows in its
+/// name (handy when a failed test leaves logs to read).
+pub fn temp_dir(label: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("voxrt-{label}-"))
+        .tempdir()
+        .expect("temp dir")
+}
+
+/// Reads to the close after a fatal error; asserts one `error{code, fatal:true}`, then
+/// `session.closed{reason:"error"}` last, then close code `close`. Returns the events.
+pub async fn expect_fatal(c: &mut Client, code: &str, close: u16) -> Vec<Value> {
+    let (events, got) = c.drain().await;
+    let errors = errors_with_code(&events, code);
+    assert_eq!(errors.len(), 1, "one {code} error: {events:?}");
+    assert_eq!(errors[0]["fatal"], true, "{events:?}");
+    let last = events.last().expect("events");
+    assert_eq!(last["type"], "session.closed", "{events:?}");
+    assert_eq!(last["reason"], "error", "{events:?}");
+    assert_eq!(got, Some(close), "close code; events {events:?}");
+    events
+}

@@ -60,17 +60,10 @@ pub const AUDIO_CODES: [&str; 3] = [
 /// The only code the query parsers may return.
 pub const ADMISSION_CODES: [&str; 1] = ["invalid_parameter"];
 
-/// The parameters of `GET /v1/stream` (docs/protocol.md), in this order.
-pub const KNOWN_PARAMS: [&str; 8] = [
-    "access_token",
-    "sample_rate",
-    "channels",
-    "encoding",
-    "return_audio",
-    "vad_threshold",
-    "vad_silence_ms",
-    "vad_min_speech_ms",
-];
+/// The parameters of `GET /v1/stream` (docs/protocol.md), in this order: the parser's own
+/// list, so the contract and the parser cannot name different parameters.
+pub use voxrt_actors::protocol::KNOWN_PARAMS;
+
 /// What an `invalid_parameter` refusal may name: a parameter, or `query` for the query
 /// string as a whole (size, encoding, duplicate or unknown keys).
 pub const ADMISSION_PARAMS: [&str; 9] = [
