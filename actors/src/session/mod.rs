@@ -7,10 +7,13 @@
 //! the registry, or a fatal error flush the pipeline, send `session.closed` and close;
 //! `stopped` unregisters.
 
+mod client_frames;
 mod outgoing;
+mod pipeline_output;
 mod rates;
 
 pub use outgoing::{frame_len, OutgoingMeter};
+pub use pipeline_output::PipelineOutput;
 
 use self::rates::SessionRates;
 use crate::counters::SessionCounters;
@@ -18,19 +21,14 @@ use crate::error::SessionError;
 use crate::metrics::{Direction, FrameKind, Metrics, StageStats};
 use crate::pipeline::Pipeline;
 use crate::processors::ProcessorCatalog;
-use crate::protocol::{
-    check_audio_frame, ClientMessage, CloseReason, PipelineFormat, ServerEvent, SessionLimitsInfo,
-    StreamParams,
-};
+use crate::protocol::{CloseReason, PipelineFormat, ServerEvent, SessionLimitsInfo, StreamParams};
 use crate::registry::{Register, SessionRegistry, Unregister};
-use crate::resampler::{AudioChunk, Flush};
+use crate::resampler::Flush;
 use crate::settings::{
-    BackpressurePolicy, LevelSettings, PipelineSettings, RegistryLimits, SessionLimits,
-    SupervisionSettings,
+    LevelSettings, PipelineSettings, RegistryLimits, SessionLimits, SupervisionSettings,
 };
 use actix::prelude::*;
 use actix_web_actors::ws;
-use bytes::Bytes;
 use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -52,39 +50,6 @@ pub struct SessionConfig {
     pub level: LevelSettings,
     /// Processor restart limits.
     pub supervision: SupervisionSettings,
-}
-
-/// What the pipeline sends back to its session. Delivered with `do_send`: the volume is
-/// bounded by the session's own audio in flight (the mailboxes upstream), not by this queue.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub enum PipelineOutput {
-    /// Events from processors, in order.
-    Events {
-        /// The events.
-        events: Vec<crate::protocol::ServerEvent>,
-        /// When the chunk that caused them was received (`None` for flush-time events).
-        received: Option<Instant>,
-    },
-    /// Pipeline audio for `return_audio` (16 kHz mono).
-    Audio(Arc<[f32]>),
-    /// Everything before the last `Flush` went through; every event of it precedes this.
-    Flushed {
-        /// Audio through the pipeline so far, ms.
-        audio_ms: u64,
-    },
-    /// A stage failed; the session cannot go on.
-    Failed,
-    /// A processor panicked and its supervisor restarted it with fresh state.
-    ProcessorRestarted {
-        /// The processor's name.
-        processor: String,
-    },
-    /// A processor exceeded `supervision.max_restarts`; its stage has stopped.
-    ProcessorFailed {
-        /// The processor's name.
-        processor: String,
-    },
 }
 
 /// The registry asks the session to end, telling the client why.
@@ -352,129 +317,6 @@ impl Session {
         }
     }
 
-    fn on_audio(&mut self, ctx: &mut ws::WebsocketContext<Self>, data: Bytes) {
-        let seq = self.binary_frames;
-        self.binary_frames += 1;
-        if self.closing.is_some() {
-            return self.report(ctx, SessionError::AudioAfterStop);
-        }
-        let limits = &self.config.limits;
-        let input = self.params.input;
-        if let Err(e) = check_audio_frame(
-            &input,
-            &data,
-            limits.max_binary_frame_bytes,
-            limits.max_text_frame_bytes,
-        ) {
-            return self.report(ctx, e);
-        }
-        let frames = (data.len() / input.frame_bytes()) as u64;
-        if let Err(limit) = self.rates.audio(frames) {
-            return self.report(ctx, SessionError::RateLimited(limit));
-        }
-        self.counters.touch();
-        self.counters.chunks_in.fetch_add(1, Relaxed);
-        let Some(pipeline) = &self.pipeline else {
-            return self.report(ctx, SessionError::Internal);
-        };
-        let resampler = pipeline.resampler.clone();
-        let probe = pipeline.resampler_probe.clone();
-        let len = data.len();
-        let inflight = self.counters.inflight_bytes.load(Relaxed);
-        // Over the byte bound counts as full, unless nothing is in flight (one frame of up
-        // to `max_binary_frame_bytes` is always accepted).
-        let over = inflight > 0 && inflight + len > self.config.pipeline.max_inflight_bytes.get();
-        let chunk = AudioChunk {
-            data,
-            // Set by the stream handler when this frame arrived.
-            received: self.last_heard,
-        };
-        let refused = if over {
-            Some(chunk)
-        } else {
-            self.counters.inflight_bytes.fetch_add(len, Relaxed);
-            match resampler.try_send(chunk) {
-                Ok(()) => {
-                    probe.queued();
-                    None
-                }
-                Err(SendError::Full(chunk)) => {
-                    self.counters.inflight_bytes.fetch_sub(len, Relaxed);
-                    Some(chunk)
-                }
-                Err(SendError::Closed(_)) => return self.report(ctx, SessionError::Internal),
-            }
-        };
-        let Some(chunk) = refused else {
-            return;
-        };
-        match self.config.pipeline.backpressure {
-            BackpressurePolicy::Block => {
-                // Reading stops until the pipeline took this chunk: TCP pushes back.
-                self.counters.inflight_bytes.fetch_add(len, Relaxed);
-                probe.queued();
-                ctx.wait(resampler.send(chunk).into_actor(self).map(|res, act, ctx| {
-                    // We were not reading, so silence from the client meanwhile is ours,
-                    // and a session held back by its own pipeline is not idle.
-                    act.last_heard = Instant::now();
-                    act.counters.touch();
-                    if res.is_err() {
-                        act.report(ctx, SessionError::Internal);
-                    }
-                }));
-            }
-            BackpressurePolicy::DropNewest => {
-                self.counters.chunks_dropped.fetch_add(1, Relaxed);
-                self.metrics.chunks_dropped.inc();
-                self.report(ctx, SessionError::AudioDropped { seq });
-            }
-        }
-    }
-
-    fn on_text(&mut self, ctx: &mut ws::WebsocketContext<Self>, text: &str) {
-        let max = self.config.limits.max_text_frame_bytes;
-        if text.len() > max {
-            return self.report(ctx, SessionError::TextFrameTooLarge { max });
-        }
-        if let Err(limit) = self.rates.control() {
-            return self.report(ctx, SessionError::RateLimited(limit));
-        }
-        match ClientMessage::parse(text, self.config.limits.max_json_depth) {
-            Ok(ClientMessage::Ping { id }) => {
-                self.counters.touch();
-                self.deliver(ctx, &ServerEvent::Pong { id });
-            }
-            Ok(ClientMessage::Flush) => {
-                if self.closing.is_none() {
-                    self.flush(ctx, FlushKind::Requested);
-                }
-            }
-            Ok(ClientMessage::Stop) => self.begin_close(ctx, CloseReason::ClientStop),
-            Err(e) => self.report(ctx, e),
-        }
-    }
-
-    /// The session is its stages' supervisor for the intensity limit: more than
-    /// `max_restarts` processor restarts within `period_s` end the session.
-    fn on_restart(&mut self, ctx: &mut ws::WebsocketContext<Self>, processor: String) {
-        let limits = self.config.supervision;
-        let now = Instant::now();
-        let period = Duration::from_secs(limits.period_s);
-        while self
-            .restarts
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= period)
-        {
-            self.restarts.pop_front();
-        }
-        self.restarts.push_back(now);
-        if self.restarts.len() > limits.max_restarts as usize {
-            self.report(ctx, SessionError::ProcessorFailed { processor });
-        } else {
-            self.report(ctx, SessionError::ProcessorRestarted { processor });
-        }
-    }
-
     fn limits_info(&self) -> SessionLimitsInfo {
         let c = &self.config;
         SessionLimitsInfo {
@@ -575,122 +417,6 @@ impl Actor for Session {
     }
 }
 
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
-    /// Dispatches every frame kind; protocol errors end the session.
-    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        let began = Instant::now();
-        self.last_heard = began;
-        if let Ok(frame) = &msg {
-            let (kind, len) = match frame {
-                ws::Message::Binary(b) => (FrameKind::Binary, b.len()),
-                ws::Message::Text(t) => (FrameKind::Text, t.len()),
-                ws::Message::Ping(p) => (FrameKind::Ping, p.len()),
-                ws::Message::Pong(p) => (FrameKind::Pong, p.len()),
-                ws::Message::Close(_) => (FrameKind::Close, 0),
-                ws::Message::Continuation(_) | ws::Message::Nop => (FrameKind::Binary, 0),
-            };
-            self.metrics.frame(Direction::In, kind, len);
-            self.counters.bytes_in.fetch_add(len as u64, Relaxed);
-        }
-        self.dispatch(msg, ctx);
-        self.stage.handled(began.elapsed());
-    }
-
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
-
-impl Session {
-    /// Handles one frame by kind; protocol errors end the session.
-    fn dispatch(
-        &mut self,
-        msg: Result<ws::Message, ws::ProtocolError>,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
-        match msg {
-            Ok(ws::Message::Binary(data)) => self.on_audio(ctx, data),
-            Ok(ws::Message::Text(text)) => self.on_text(ctx, &text),
-            Ok(ws::Message::Ping(payload)) => {
-                self.counters.touch();
-                self.metrics
-                    .frame(Direction::Out, FrameKind::Pong, payload.len());
-                ctx.pong(&payload);
-            }
-            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
-            Ok(ws::Message::Close(reason)) => {
-                self.span
-                    .in_scope(|| info!(?reason, "client closed the connection"));
-                if self.closing.is_none() {
-                    self.end_reason = "client_closed";
-                }
-                ctx.close(reason);
-                ctx.stop();
-            }
-            Ok(ws::Message::Continuation(_)) => self.report(ctx, SessionError::FragmentedMessage),
-            Err(ws::ProtocolError::Overflow) => self.report(
-                ctx,
-                SessionError::FrameTooLarge {
-                    max_binary: self.config.limits.max_binary_frame_bytes,
-                    max_text: self.config.limits.max_text_frame_bytes,
-                },
-            ),
-            Err(ws::ProtocolError::Io(e)) => {
-                // The connection broke (client vanished): nobody is left to tell.
-                self.span.in_scope(|| info!(error = %e, "connection lost"));
-                ctx.stop();
-            }
-            Err(_) => self.report(ctx, SessionError::Protocol),
-        }
-    }
-}
-
-impl Handler<PipelineOutput> for Session {
-    type Result = ();
-
-    /// Turns pipeline output into frames for the client.
-    fn handle(&mut self, msg: PipelineOutput, ctx: &mut Self::Context) {
-        match msg {
-            PipelineOutput::Events { events, received } => {
-                for event in &events {
-                    self.deliver(ctx, event);
-                }
-                if let Some(received) = received {
-                    self.metrics
-                        .event_latency
-                        .observe(received.elapsed().as_secs_f64());
-                }
-            }
-            PipelineOutput::Audio(samples) => {
-                if !self.outgoing_room(ctx, true) {
-                    return;
-                }
-                let pcm = to_s16le(&samples);
-                self.counters
-                    .outgoing_bytes
-                    .fetch_add(frame_len(pcm.len()), Relaxed);
-                self.metrics
-                    .frame(Direction::Out, FrameKind::Binary, pcm.len());
-                self.counters.bytes_out.fetch_add(pcm.len() as u64, Relaxed);
-                ctx.binary(pcm);
-            }
-            PipelineOutput::Flushed { audio_ms } => {
-                if self.flushes.pop_front() == Some(FlushKind::Requested) {
-                    self.deliver(ctx, &ServerEvent::Flushed { audio_ms });
-                }
-                if let (Some(reason), true) = (self.closing, self.flushes.is_empty()) {
-                    self.finish(ctx, reason, reason.close_code());
-                }
-            }
-            PipelineOutput::Failed => self.report(ctx, SessionError::Internal),
-            PipelineOutput::ProcessorRestarted { processor } => self.on_restart(ctx, processor),
-            PipelineOutput::ProcessorFailed { processor } => {
-                self.report(ctx, SessionError::ProcessorFailed { processor })
-            }
-        }
-    }
-}
-
 impl Handler<Expire> for Session {
     type Result = ();
 
@@ -698,14 +424,4 @@ impl Handler<Expire> for Session {
     fn handle(&mut self, msg: Expire, ctx: &mut Self::Context) {
         self.begin_close(ctx, msg.reason);
     }
-}
-
-/// Pipeline audio as 16-bit little-endian PCM, clipped to full scale.
-fn to_s16le(samples: &[f32]) -> Bytes {
-    let mut out = Vec::with_capacity(samples.len() * 2);
-    for &s in samples {
-        let v = (s * 32768.0).round().clamp(-32768.0, 32767.0) as i16;
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    Bytes::from(out)
 }
