@@ -15,6 +15,7 @@
 //! cannot leak a slot.
 
 mod messages;
+mod queries;
 
 pub use messages::*;
 
@@ -29,7 +30,6 @@ use actix::prelude::*;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -49,38 +49,6 @@ struct Live {
     /// The session's own TTL, if shorter than the configured one.
     ttl_ms: Option<u64>,
     expiring: bool,
-}
-
-impl Live {
-    fn snapshot(&self, id: Uuid, peer: Option<IpAddr>, now: u64) -> SessionSnapshot {
-        let c = &self.counters;
-        let stats = c.stats();
-        SessionSnapshot {
-            id,
-            peer: peer.map(|p| p.to_string()),
-            age_ms: c.age_ms(now),
-            idle_ms: c.idle_ms(now),
-            input: self.input,
-            audio_ms: stats.audio_ms,
-            chunks_in: stats.chunks_in,
-            chunks_processed: stats.chunks_processed,
-            chunks_dropped: stats.chunks_dropped,
-            mailbox_depth: c
-                .stage_depths
-                .iter()
-                .map(|(stage, d)| StageDepth {
-                    stage: stage.clone(),
-                    depth: d.load(Relaxed).max(0),
-                })
-                .collect(),
-            events_sent: c.events_sent.load(Relaxed),
-            bytes_in: c.bytes_in.load(Relaxed),
-            bytes_out: c.bytes_out.load(Relaxed),
-            outgoing_bytes: c.outgoing_bytes.load(Relaxed),
-            outgoing_dropped: c.outgoing_dropped.load(Relaxed),
-            last_error: c.last_error.lock().ok().and_then(|e| *e),
-        }
-    }
 }
 
 /// Admits, tracks and expires sessions; see the module docs.
@@ -427,94 +395,6 @@ impl SessionRegistry {
             self.drain_waiters.push(tx);
         }
         rx
-    }
-}
-
-impl Handler<LiveSessions> for SessionRegistry {
-    type Result = Vec<Uuid>;
-
-    fn handle(&mut self, _msg: LiveSessions, ctx: &mut Self::Context) -> Self::Result {
-        self.guard(ctx, "live_sessions", |this, _| {
-            this.entries.keys().copied().collect()
-        })
-        .unwrap_or_default()
-    }
-}
-
-impl Handler<GetStats> for SessionRegistry {
-    type Result = MessageResult<GetStats>;
-
-    fn handle(&mut self, _msg: GetStats, ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(
-            self.guard(ctx, "stats", |this, _| this.stats())
-                .unwrap_or_default(),
-        )
-    }
-}
-
-impl SessionRegistry {
-    fn stats(&self) -> RegistryStats {
-        let live = self.entries.values().filter(|e| e.live.is_some()).count();
-        let mut stats = self.stats.clone();
-        stats.sessions_active = live;
-        stats.sessions_reserved = self.entries.len() - live;
-        stats.max_sessions = self.limits.max_sessions;
-        stats.draining = self.draining;
-        stats
-    }
-}
-
-impl Handler<ListSessions> for SessionRegistry {
-    type Result = MessageResult<ListSessions>;
-
-    /// Snapshots one page: O(offset + limit), whatever the number of sessions.
-    fn handle(&mut self, msg: ListSessions, ctx: &mut Self::Context) -> Self::Result {
-        let (offset, limit) = (msg.offset, msg.limit);
-        MessageResult(
-            self.guard(ctx, "list_sessions", |this, _| this.page(msg))
-                .unwrap_or(SessionPage {
-                    total: 0,
-                    offset,
-                    limit,
-                    sessions: Vec::new(),
-                }),
-        )
-    }
-}
-
-impl SessionRegistry {
-    fn page(&self, msg: ListSessions) -> SessionPage {
-        let now = now_ms();
-        let sessions = self
-            .order
-            .iter()
-            .skip(msg.offset)
-            .take(msg.limit)
-            .filter_map(|(_, id)| {
-                let entry = self.entries.get(id)?;
-                let peer = msg.show_peer.then_some(entry.peer);
-                Some(entry.live.as_ref()?.snapshot(*id, peer, now))
-            })
-            .collect();
-        SessionPage {
-            total: self.order.len(),
-            offset: msg.offset,
-            limit: msg.limit,
-            sessions,
-        }
-    }
-}
-
-impl Handler<GetSession> for SessionRegistry {
-    type Result = Option<SessionSnapshot>;
-
-    fn handle(&mut self, msg: GetSession, ctx: &mut Self::Context) -> Self::Result {
-        self.guard(ctx, "get_session", |this, _| {
-            let entry = this.entries.get(&msg.id)?;
-            let peer = msg.show_peer.then_some(entry.peer);
-            Some(entry.live.as_ref()?.snapshot(msg.id, peer, now_ms()))
-        })
-        .flatten()
     }
 }
 
