@@ -544,7 +544,7 @@ fn full_server_is_one_line_saying_503_and_exit_4() {
 
 /// The example binary `name`, built next to this test binary: `current_exe` is
 /// `target/<profile>/deps/clients-HASH`, the examples are `target/<profile>/examples/<name>`.
-/// Fails when it is missing or older than its sources.
+/// Fails when it is missing or older than one of its sources.
 fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
@@ -552,25 +552,34 @@ fn example(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("test binary under target/<profile>/deps");
     let path = profile_dir.join("examples").join(name);
-    let build = "build the examples first: `cargo build --examples` (scripts/test runs \
-                 `cargo test --workspace --all-targets`, which builds them before the tests run)";
+    let build = "build the examples first: `cargo build --examples` (scripts/test does)";
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|e| panic!("example binary {}: {e}; {build}", path.display()));
-    let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    for source in [
-        sources.join(format!("{name}.rs")),
-        sources.join("common").join("mod.rs"),
-    ] {
-        let changed = std::fs::metadata(&source)
-            .and_then(|m| m.modified())
-            .unwrap_or_else(|e| panic!("{}: {e}", source.display()));
-        assert!(
-            changed <= built,
-            "example binary {} is older than {}; {build}",
-            path.display(),
-            source.display()
-        );
+    // Its sources: `examples/<name>.rs` or `examples/<name>/`, and the shared `examples/common/`.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut sources = vec![
+        examples.join(format!("{name}.rs")),
+        examples.join(name),
+        examples.join("common"),
+    ];
+    while let Some(source) = sources.pop() {
+        let Ok(meta) = std::fs::metadata(&source) else {
+            continue; // `<name>.rs` or `<name>/`, whichever it is not
+        };
+        if meta.is_dir() {
+            let entries =
+                std::fs::read_dir(&source).unwrap_or_else(|e| panic!("{}: {e}", source.display()));
+            sources.extend(entries.map(|e| e.expect("directory entry").path()));
+        } else if source.extension().is_some_and(|x| x == "rs") {
+            let changed = meta.modified().expect("modification time");
+            assert!(
+                changed <= built,
+                "example binary {} is older than {}; {build}",
+                path.display(),
+                source.display()
+            );
+        }
     }
     path
 }
