@@ -12,6 +12,7 @@
 //! generous timeouts that only catch hangs.
 
 mod common;
+use common::http::Reply;
 use common::process::ServerProcess;
 use common::{audio, temp_dir, HANG};
 use futures_util::{SinkExt, StreamExt};
@@ -411,56 +412,8 @@ impl Page {
 // HTTP
 // ---------------------------------------------------------------------------------------------
 
-/// One HTTP answer: status, headers (lowercase names), body.
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 fn http(method: &str, url: &str) -> Reply {
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_idle_connections(0)
-            .timeout_global(Some(HANG))
-            .build(),
-    );
-    let response = match method {
-        "GET" => agent.get(url).call(),
-        "POST" => agent.post(url).send_empty(),
-        other => panic!("method {other}"),
-    }
-    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.as_str().to_ascii_lowercase(),
-                v.to_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect();
-    let body = response
-        .into_body()
-        .read_to_string()
-        .unwrap_or_else(|e| panic!("{method} {url} body: {e}"));
-    Reply {
-        status,
-        headers,
-        body,
-    }
+    common::http::request(method, url, None)
 }
 
 fn get_json(url: &str) -> Value {

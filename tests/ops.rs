@@ -10,6 +10,7 @@
 //! counter), and the few polls are bounded loops on a condition.
 
 mod common;
+use common::http::Reply;
 use common::process::{voxrt, ServerProcess};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
@@ -31,86 +32,9 @@ const S16_48K: &str = "sample_rate=48000&channels=1&encoding=pcm_s16le";
 // HTTP
 // ---------------------------------------------------------------------------------------------
 
-/// One HTTP answer.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    content_type: String,
-    www_authenticate: Option<String>,
-    body: String,
-}
-
-impl Reply {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("JSON body expected ({e}): {self:?}"))
-    }
-
-    /// Asserts `status` and a JSON body; returns the body.
-    fn expect(&self, status: u16) -> Value {
-        assert_eq!(self.status, status, "{self:?}");
-        assert!(
-            self.content_type.starts_with("application/json"),
-            "{self:?}"
-        );
-        self.json()
-    }
-
-    /// Asserts the `{"error":{code,message,correlation_id}}` shape with `status` and `code`;
-    /// returns the message.
-    fn expect_error(&self, status: u16, code: &str) -> String {
-        let body = self.expect(status);
-        assert_eq!(body["error"]["code"], code, "{body}");
-        uuid::Uuid::parse_str(body["error"]["correlation_id"].as_str().unwrap_or(""))
-            .unwrap_or_else(|_| panic!("correlation_id is a UUID: {body}"));
-        let message = body["error"]["message"].as_str().unwrap_or("").to_owned();
-        assert!(!message.is_empty(), "{body}");
-        message
-    }
-}
-
-/// `method` `http://{addr}{path}` with an optional raw `Authorization` header value. No
-/// connection is kept alive, so servers shut down without waiting for idle clients.
+/// `method` `http://{addr}{path}` with an optional raw `Authorization` header value.
 fn http(method: &str, addr: SocketAddr, path: &str, authorization: Option<&str>) -> Reply {
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_idle_connections(0)
-            .timeout_global(Some(HANG))
-            .build(),
-    );
-    let url = format!("http://{addr}{path}");
-    let response = match (method, authorization) {
-        ("GET", None) => agent.get(&url).call(),
-        ("GET", Some(a)) => agent.get(&url).header("Authorization", a).call(),
-        ("POST", None) => agent.post(&url).send_empty(),
-        ("POST", Some(a)) => agent.post(&url).header("Authorization", a).send_empty(),
-        _ => panic!("method {method}"),
-    };
-    let mut response = response.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let content_type = header("content-type").unwrap_or_default();
-    let www_authenticate = header("www-authenticate");
-    let status = response.status().as_u16();
-    let body = response
-        .body_mut()
-        .read_to_string()
-        .unwrap_or_else(|e| panic!("{method} {url} body: {e}"));
-    if status >= 400 && content_type.starts_with("application/json") {
-        assert_no_leak(&format!("{method} {path} {status}"), &body);
-    }
-    Reply {
-        status,
-        content_type,
-        www_authenticate,
-        body,
-    }
+    common::http::request(method, &format!("http://{addr}{path}"), authorization)
 }
 
 fn get(addr: SocketAddr, path: &str) -> Reply {
@@ -203,11 +127,11 @@ fn scrape(addr: SocketAddr) -> Scrape {
     let reply = get(addr, "/metrics");
     assert_eq!(reply.status, 200, "{reply:?}");
     let format = if reply
-        .content_type
+        .content_type()
         .starts_with("application/openmetrics-text")
     {
         "openmetrics"
-    } else if reply.content_type.starts_with("text/plain") {
+    } else if reply.content_type().starts_with("text/plain") {
         "text"
     } else {
         panic!("not a Prometheus exposition: {reply:?}")
@@ -229,14 +153,14 @@ fn scrape(addr: SocketAddr) -> Scrape {
     assert!(
         out.status.success(),
         "the Prometheus {format} parser rejected /metrics ({}): {}\n{}",
-        reply.content_type,
+        reply.content_type(),
         String::from_utf8_lossy(&out.stderr),
         reply.body
     );
     let samples: Vec<Value> = serde_json::from_slice(&out.stdout).expect("parser prints JSON");
     assert!(!samples.is_empty(), "{}", reply.body);
     Scrape {
-        content_type: reply.content_type,
+        content_type: reply.content_type().to_owned(),
         samples,
     }
 }
@@ -1290,8 +1214,7 @@ fn assert_unauthorized(reply: &Reply, what: &str) {
     assert_eq!(body["error"]["code"], "unauthorized", "{what}: {body}");
     assert!(
         reply
-            .www_authenticate
-            .as_deref()
+            .header("www-authenticate")
             .is_some_and(|h| h.starts_with("Bearer")),
         "{what}: WWW-Authenticate {reply:?}"
     );

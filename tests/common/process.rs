@@ -125,16 +125,9 @@ impl ServerProcess {
     /// tests (the blocking request runs on tokio's blocking pool).
     pub async fn stats(&self) -> Value {
         let url = format!("{}/v1/stats", self.http());
-        tokio::task::spawn_blocking(move || {
-            ureq::get(url)
-                .call()
-                .expect("stats")
-                .body_mut()
-                .read_json::<Value>()
-                .expect("stats JSON")
-        })
-        .await
-        .expect("stats request")
+        tokio::task::spawn_blocking(move || super::http::request("GET", &url, None).expect(200))
+            .await
+            .expect("stats request")
     }
 }
 
