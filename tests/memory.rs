@@ -24,10 +24,7 @@ fn short_clip() -> Vec<Vec<u8>> {
 
 /// One session lifetime: connect, stream, flush, stop, read to the close.
 async fn cycle(url: &str, frames: &[Vec<u8>]) {
-    let mut c = match Client::connect(url).await {
-        Ok(c) => c,
-        Err(r) => panic!("refused: {r:?}"),
-    };
+    let mut c = Client::admitted(url).await;
     for f in frames {
         c.send_audio(f.clone()).await;
     }
@@ -181,10 +178,7 @@ async fn flood_within_bound(mode: &str) {
     let url = server.url(QUERY);
     let mut connected = Vec::with_capacity(SESSIONS);
     for _ in 0..SESSIONS {
-        match Client::connect(&url).await {
-            Ok(c) => connected.push(c),
-            Err(r) => panic!("refused: {r:?}"),
-        }
+        connected.push(Client::admitted(&url).await);
     }
     let (speech, rate) = audio::read_wav(audio::SPEECH);
     let pcm = Arc::new(audio::s16le(&audio::resample(&speech, rate, 16_000), 1));

@@ -1116,10 +1116,7 @@ async fn sighup_reloads_the_config_file_and_a_bad_file_changes_nothing() {
     let before = stats(addr);
     let hash_before = config_hash(&before);
     assert_eq!(before["server"]["limits"]["registry"]["max_sessions"], 2000);
-    let mut live = match Client::connect(&server.url(S16_16K)).await {
-        Ok(c) => c,
-        Err(r) => panic!("refused: {r:?}"),
-    };
+    let mut live = Client::admitted(&server.url(S16_16K)).await;
 
     file.write(ONE_SESSION_SLOW_VAD);
     server.signal("HUP");

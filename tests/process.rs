@@ -59,12 +59,7 @@ async fn sigterm_drains_sessions_and_exits_zero() {
     let mut clients = Vec::new();
     for _ in 0..3 {
         let mut c =
-            match Client::connect(&server.url("sample_rate=48000&channels=1&encoding=pcm_s16le"))
-                .await
-            {
-                Ok(c) => c,
-                Err(r) => panic!("refused: {r:?}"),
-            };
+            Client::admitted(&server.url("sample_rate=48000&channels=1&encoding=pcm_s16le")).await;
         // Speech still open when the signal comes: its speech_end must arrive before closing.
         let mut clip = audio::silence(rate, 0.5);
         clip.extend(&speech[..speech.len() / 2]);
@@ -100,10 +95,7 @@ async fn sigterm_drains_sessions_and_exits_zero() {
 /// Streams `secs` of audio as fast as the server lets it, reading events concurrently;
 /// returns session.closed.
 async fn flood(url: String, secs: usize) -> Value {
-    let c = match Client::connect(&url).await {
-        Ok(c) => c,
-        Err(r) => panic!("refused: {r:?}"),
-    };
+    let c = Client::admitted(&url).await;
     let (speech, rate) = audio::read_wav(audio::SPEECH);
     let mut second = audio::s16le(&speech, 1);
     second.truncate(rate as usize * 2);
@@ -216,10 +208,7 @@ async fn sigterm_under_load_closes_every_session_cleanly() {
     let url = server.url("sample_rate=16000&channels=1&encoding=pcm_s16le");
     let mut connected = Vec::with_capacity(SESSIONS);
     for _ in 0..SESSIONS {
-        match Client::connect(&url).await {
-            Ok(c) => connected.push(c),
-            Err(r) => panic!("refused: {r:?}"),
-        }
+        connected.push(Client::admitted(&url).await);
     }
     let (speech, rate) = audio::read_wav(audio::SPEECH);
     let pcm = std::sync::Arc::new(audio::s16le(&audio::resample(&speech, rate, 16_000), 1));

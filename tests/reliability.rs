@@ -271,10 +271,7 @@ async fn child_client_streams_until_killed() {
     let Ok(url) = std::env::var(CHILD_URL) else {
         return;
     };
-    let mut client = match Client::connect(&url).await {
-        Ok(c) => c,
-        Err(r) => panic!("child refused: {r:?}"),
-    };
+    let mut client = Client::admitted(&url).await;
     let mut ticks = tokio::time::interval(std::time::Duration::from_millis(20));
     let chunk = vec![0u8; 640];
     println!("session connected");
@@ -390,10 +387,7 @@ async fn clients_that_vanish_are_detected_and_leave_nothing_behind() {
     ]);
     let url = server.url(&query(16_000));
     let baseline = leftovers(&server.stats().await);
-    let healthy = match Client::connect(&url).await {
-        Ok(c) => tokio::spawn(realtime_client(c)),
-        Err(r) => panic!("refused: {r:?}"),
-    };
+    let healthy = tokio::spawn(realtime_client(Client::admitted(&url).await));
 
     let children_url = url.clone();
     let (mut killed, mut frozen) = tokio::task::spawn_blocking(move || {
@@ -515,10 +509,7 @@ async fn sigterm_closes_sessions_that_outlast_the_grace_and_names_them() {
     .env("VOXRT_SERVER__SHUTDOWN_GRACE_S", "1");
     let server = ServerProcess::spawn(cmd);
 
-    let mut slow = match Client::connect(&server.url(&query(16_000))).await {
-        Ok(c) => c,
-        Err(r) => panic!("refused: {r:?}"),
-    };
+    let mut slow = Client::admitted(&server.url(&query(16_000))).await;
     let slow_id = slow.started["session_id"]
         .as_str()
         .expect("session_id")

@@ -47,10 +47,7 @@ impl TestServer {
 
     /// Connects and reads `session.started`; panics on refusal.
     pub async fn connect(&self, query: &str) -> Client {
-        match Client::connect(&self.url(query)).await {
-            Ok(c) => c,
-            Err(r) => panic!("refused: {} {:?}", r.status, r.body),
-        }
+        Client::admitted(&self.url(query)).await
     }
 
     /// Graceful shutdown, waiting until the server thread is done.
@@ -99,6 +96,14 @@ pub struct Client {
 
 impl Client {
     /// Connects; `Err` carries the HTTP refusal.
+    /// Connects to `url`, panicking with the refusal if the server does not admit it.
+    pub async fn admitted(url: &str) -> Client {
+        match Client::connect(url).await {
+            Ok(c) => c,
+            Err(r) => panic!("refused: {} {:?}", r.status, r.body),
+        }
+    }
+
     pub async fn connect(url: &str) -> Result<Client, Refusal> {
         let connect = tokio::time::timeout(HANG, tokio_tungstenite::connect_async(url))
             .await
