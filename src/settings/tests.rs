@@ -1,6 +1,7 @@
 //! Loading and validation of the layered settings.
 
 use super::*;
+use voxrt_actors::processors::ProcessorCatalog;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs

@@ -1,0 +1,241 @@
+//! Startup validation: every key's range, and the keys that must agree with each other.
+//! Each error names the key, the value found and what is allowed.
+
+use super::{Settings, SettingsError};
+use std::fmt::Display;
+use voxrt_actors::processors::ProcessorCatalog;
+
+/// `value` of `key` within `lo..=hi` (`unit` is appended to the allowed range).
+pub(super) fn check<T: PartialOrd + Display>(
+    key: &'static str,
+    value: T,
+    lo: T,
+    hi: T,
+    unit: &str,
+) -> Result<(), SettingsError> {
+    if value >= lo && value <= hi {
+        Ok(())
+    } else {
+        Err(SettingsError::Invalid {
+            key,
+            value: value.to_string(),
+            allowed: format!("must be in {lo}..={hi}{unit}"),
+        })
+    }
+}
+
+impl Settings {
+    /// Checks every value's range; `catalog` holds the processors that may be named.
+    pub fn validate(&self, catalog: &ProcessorCatalog) -> Result<(), SettingsError> {
+        let s = &self.server;
+        check("server.workers", s.workers, 0, 256, "")?;
+        check("server.shutdown_grace_s", s.shutdown_grace_s, 1, 3600, " s")?;
+        check(
+            "server.request_header_timeout_ms",
+            s.request_header_timeout_ms,
+            100,
+            300_000,
+            " ms",
+        )?;
+        check(
+            "server.tcp_user_timeout_s",
+            s.tcp_user_timeout_s,
+            0,
+            3600,
+            " s",
+        )?;
+        if s.host.parse::<std::net::IpAddr>().is_err() && s.host != "localhost" {
+            return Err(SettingsError::Invalid {
+                key: "server.host",
+                value: format!("\"{}\"", s.host),
+                allowed: "must be an IP address (e.g. 127.0.0.1, 0.0.0.0, ::) or localhost".into(),
+            });
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return Err(SettingsError::Invalid {
+                key: "log.level",
+                value: format!("\"{}\"", self.log.level),
+                allowed: format!("must be a level or tracing filter directive ({e})"),
+            });
+        }
+        let r = &self.registry;
+        check("registry.max_sessions", r.max_sessions, 1, 100_000, "")?;
+        check(
+            "registry.max_sessions_per_ip",
+            r.max_sessions_per_ip,
+            1,
+            r.max_sessions,
+            " (registry.max_sessions)",
+        )?;
+        check(
+            "registry.memory_budget_mb",
+            r.memory_budget_mb,
+            16,
+            1 << 20,
+            " MiB",
+        )?;
+        check("registry.session_ttl_s", r.session_ttl_s, 1, 604_800, " s")?;
+        check("registry.idle_timeout_s", r.idle_timeout_s, 1, 86_400, " s")?;
+        check(
+            "registry.sweep_interval_ms",
+            r.sweep_interval_ms,
+            10,
+            60_000,
+            " ms",
+        )?;
+        check(
+            "registry.handshake_timeout_s",
+            r.handshake_timeout_s,
+            1,
+            300,
+            " s",
+        )?;
+        let l = &self.session;
+        check(
+            "session.max_binary_frame_bytes",
+            l.max_binary_frame_bytes,
+            1024,
+            16 << 20,
+            " bytes",
+        )?;
+        check(
+            "session.max_text_frame_bytes",
+            l.max_text_frame_bytes,
+            64,
+            1 << 20,
+            " bytes",
+        )?;
+        check(
+            "session.heartbeat_interval_s",
+            l.heartbeat_interval_s,
+            1,
+            3600,
+            " s",
+        )?;
+        check(
+            "session.heartbeat_timeout_s",
+            l.heartbeat_timeout_s,
+            l.heartbeat_interval_s + 1,
+            3600,
+            " s (more than session.heartbeat_interval_s)",
+        )?;
+        check("session.max_json_depth", l.max_json_depth, 1, 64, "")?;
+        check(
+            "session.max_control_messages_per_s",
+            l.max_control_messages_per_s,
+            1,
+            10_000,
+            "",
+        )?;
+        check(
+            "session.max_realtime_factor",
+            l.max_realtime_factor,
+            1.0,
+            1000.0,
+            "",
+        )?;
+        check(
+            "session.realtime_burst_s",
+            l.realtime_burst_s,
+            1,
+            86_400,
+            " s",
+        )?;
+        check(
+            "session.max_outgoing_bytes",
+            l.max_outgoing_bytes,
+            16 << 10,
+            64 << 20,
+            " bytes",
+        )?;
+        check(
+            "session.slow_consumer_timeout_s",
+            l.slow_consumer_timeout_s,
+            1,
+            3600,
+            " s",
+        )?;
+        let p = &self.pipeline;
+        check(
+            "pipeline.mailbox_capacity",
+            p.mailbox_capacity.get(),
+            1,
+            4096,
+            "",
+        )?;
+        check(
+            "pipeline.max_inflight_bytes",
+            p.max_inflight_bytes.get(),
+            1024,
+            64 << 20,
+            " bytes",
+        )?;
+        if let Some(unknown) = p.processors.iter().find(|n| !catalog.contains(n)) {
+            return Err(SettingsError::Invalid {
+                key: "pipeline.processors",
+                value: format!("\"{unknown}\""),
+                allowed: format!(
+                    "is not a known processor; known: {}",
+                    catalog.names().collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        let v = &self.vad;
+        check("vad.threshold", v.threshold, 0.0, 1.0, "")?;
+        let (lo, hi) = voxrt_actors::protocol::VAD_SILENCE_MS_RANGE;
+        check("vad.silence_ms", v.silence_ms, lo, hi, " ms")?;
+        let (lo, hi) = voxrt_actors::protocol::VAD_MIN_SPEECH_MS_RANGE;
+        check("vad.min_speech_ms", v.min_speech_ms, lo, hi, " ms")?;
+        if self.level.interval_ms != 0 {
+            check(
+                "level.interval_ms",
+                self.level.interval_ms,
+                10,
+                60_000,
+                " ms (or 0 for off)",
+            )?;
+        }
+        let a = &self.admin;
+        let hash = &a.token_sha256;
+        if !hash.is_empty() && !super::access::is_sha256_hex(hash) {
+            return Err(SettingsError::Invalid {
+                key: "admin.token_sha256",
+                value: format!("({} characters)", hash.len()),
+                allowed: "must be 64 hex digits, the SHA-256 that `voxrt hash-token` prints".into(),
+            });
+        }
+        if a.require_token && hash.is_empty() {
+            return Err(SettingsError::Invalid {
+                key: "admin.token_sha256",
+                value: "\"\"".into(),
+                allowed: "must be set because admin.require_token is true (the production \
+                          profile): choose a secret token, run `voxrt hash-token`, and set \
+                          VOXRT_ADMIN__TOKEN_SHA256 to what it prints"
+                    .into(),
+            });
+        }
+        if !a.bind.is_empty() && a.bind.parse::<std::net::SocketAddr>().is_err() {
+            return Err(SettingsError::Invalid {
+                key: "admin.bind",
+                value: format!("\"{}\"", a.bind),
+                allowed: "must be empty or an address with a port, e.g. 127.0.0.1:9090".into(),
+            });
+        }
+        check(
+            "supervision.max_restarts",
+            self.supervision.max_restarts,
+            0,
+            1000,
+            "",
+        )?;
+        check(
+            "supervision.period_s",
+            self.supervision.period_s,
+            1,
+            86_400,
+            " s",
+        )?;
+        self.auth.validate()?;
+        self.security.validate()
+    }
+}
