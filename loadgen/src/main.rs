@@ -22,6 +22,7 @@
 //! unreadable audio, or a server that cannot be reached or refuses a first probe session.
 
 mod audio;
+mod connect;
 mod latency;
 mod metrics;
 mod proc_stats;
@@ -192,7 +193,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let recording = Recording::load(args.wav.as_deref(), &format)?;
 
-    let started = session::probe(&url, auth.as_ref())
+    let started = connect::probe(&url, auth.as_ref())
         .await
         .map_err(|e| format!("{url}: {e}"))?;
     if let Some(max) = started.max_binary_frame_bytes {
