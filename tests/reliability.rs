@@ -334,22 +334,6 @@ fn leftovers(stats: &Value) -> Value {
     })
 }
 
-/// Polls /v1/stats until `cond` holds (the sleep only spaces the polls).
-async fn wait_stats(server: &ServerProcess, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-    let deadline = std::time::Instant::now() + HANG;
-    loop {
-        let stats = server.stats().await;
-        if cond(&stats) {
-            return stats;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}: {stats}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 /// A well-behaved client streaming the recording twice at real time, reading as it goes;
 /// returns its events and close code.
 async fn realtime_client(client: Client) -> (Vec<Value>, Option<u16>) {
@@ -396,10 +380,9 @@ async fn clients_that_vanish_are_detected_and_leave_nothing_behind() {
     })
     .await
     .expect("children");
-    wait_stats(&server, "five sessions", |s| {
-        s["registry"]["sessions_active"] == 5
-    })
-    .await;
+    server
+        .wait_for_stats("five sessions", |s| s["registry"]["sessions_active"] == 5)
+        .await;
 
     for child in &mut killed {
         child.kill().expect("SIGKILL");
@@ -412,10 +395,11 @@ async fn clients_that_vanish_are_detected_and_leave_nothing_behind() {
     assert!(status.success());
     let frozen_at = std::time::Instant::now();
 
-    let stats = wait_stats(&server, "only the healthy session left", |s| {
-        s["registry"]["sessions_active"] == 1
-    })
-    .await;
+    let stats = server
+        .wait_for_stats("only the healthy session left", |s| {
+            s["registry"]["sessions_active"] == 1
+        })
+        .await;
     let detected_after = frozen_at.elapsed();
     assert_eq!(
         stats["registry"]["closed_by_reason"]["connection_lost"], 4,
@@ -433,10 +417,9 @@ async fn clients_that_vanish_are_detected_and_leave_nothing_behind() {
     assert_eq!(code, Some(1000), "{events:?}");
     assert_eq!(segments(&events).len(), 2, "{events:?}");
     assert!(of_type(&events, "error").is_empty(), "{events:?}");
-    wait_stats(&server, "every session and actor gone", |s| {
-        leftovers(s) == baseline
-    })
-    .await;
+    server
+        .wait_for_stats("every session and actor gone", |s| leftovers(s) == baseline)
+        .await;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -442,18 +442,36 @@ impl TestServer {
         what: &str,
         cond: impl Fn(&RegistryStats) -> bool,
     ) -> RegistryStats {
-        let deadline = tokio::time::Instant::now() + HANG;
-        loop {
-            let stats = self.registry_stats().await;
-            if cond(&stats) {
-                return stats;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}; last stats: {stats:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        poll_until(
+            what,
+            Duration::from_millis(10),
+            || self.registry_stats(),
+            cond,
+        )
+        .await
+    }
+}
+
+/// Calls `fetch` until `cond` holds for what it returns, and returns that; panics after
+/// [`HANG`] naming `what` and the last value seen. `every` only spaces the calls: the
+/// condition decides.
+pub async fn poll_until<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    what: &str,
+    every: Duration,
+    mut fetch: impl FnMut() -> F,
+    cond: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = tokio::time::Instant::now() + HANG;
+    loop {
+        let value = fetch().await;
+        if cond(&value) {
+            return value;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last seen: {value:?}"
+        );
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -121,6 +121,17 @@ impl ServerProcess {
 }
 
 impl ServerProcess {
+    /// Polls [`ServerProcess::stats`] every 20 ms until `cond` holds; returns those stats.
+    pub async fn wait_for_stats(&self, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        super::poll_until(
+            what,
+            std::time::Duration::from_millis(20),
+            || self.stats(),
+            cond,
+        )
+        .await
+    }
+
     /// `GET /v1/stats` as JSON (the test profile sets no admin token); usable from async
     /// tests (the blocking request runs on tokio's blocking pool).
     pub async fn stats(&self) -> Value {
