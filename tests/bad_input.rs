@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 const S16_16K: &str = "sample_rate=16000&channels=1&encoding=pcm_s16le";
@@ -196,20 +195,11 @@ async fn bad_query_parameters_get_400_naming_parameter_and_range() {
 #[tokio::test]
 async fn plain_http_get_without_upgrade_gets_400_json() {
     let server = TestServer::start(&[]);
-    let mut tcp = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
     let request = format!(
         "GET /v1/stream?{S16_16K} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         server.addr
     );
-    tcp.write_all(request.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    tokio::time::timeout(HANG, tcp.read_to_end(&mut raw))
-        .await
-        .expect("response hung")
-        .expect("read");
-    let text = String::from_utf8(raw).expect("UTF-8 response");
+    let text = common::http::raw_exchange(server.addr, &request).await;
     let (head, body) = text.split_once("\r\n\r\n").expect("HTTP response");
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     assert!(

@@ -117,14 +117,7 @@ async fn works(mut c: Client) {
 
 /// A raw HTTP/1.1 exchange (`Connection: close`): status and lower-cased headers.
 async fn http(addr: std::net::SocketAddr, head: &str) -> (u16, Vec<(String, String)>) {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(head.as_bytes()).await.expect("write");
-    let mut raw = Vec::new();
-    tokio::time::timeout(HANG, tcp.read_to_end(&mut raw))
-        .await
-        .expect("response hung")
-        .expect("read");
-    let text = String::from_utf8_lossy(&raw);
+    let text = common::http::raw_exchange(addr, head).await;
     let head = text.split("\r\n\r\n").next().unwrap_or("");
     let mut lines = head.lines();
     let status = lines

@@ -98,3 +98,18 @@ pub fn request(method: &str, url: &str, authorization: Option<&str>) -> Reply {
     }
     reply
 }
+
+/// Writes `request` (a whole raw HTTP/1.1 request, normally with `Connection: close`) to
+/// `addr` and reads until the server closes: for requests a client library would not send
+/// (hand-made upgrade headers, plain GETs on the WebSocket route).
+pub async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(HANG, tcp.read_to_end(&mut raw))
+        .await
+        .expect("response hung")
+        .expect("read");
+    String::from_utf8(raw).expect("UTF-8 response")
+}
