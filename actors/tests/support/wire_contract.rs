@@ -66,17 +66,9 @@ pub use voxrt_actors::protocol::KNOWN_PARAMS;
 
 /// What an `invalid_parameter` refusal may name: a parameter, or `query` for the query
 /// string as a whole (size, encoding, duplicate or unknown keys).
-pub const ADMISSION_PARAMS: [&str; 9] = [
-    "query",
-    "access_token",
-    "sample_rate",
-    "channels",
-    "encoding",
-    "return_audio",
-    "vad_threshold",
-    "vad_silence_ms",
-    "vad_min_speech_ms",
-];
+pub fn is_admission_param(name: &str) -> bool {
+    name == "query" || KNOWN_PARAMS.contains(&name)
+}
 
 /// Text that would mean an internal detail leaked into a client-facing message: Rust paths
 /// and type names, `Debug` output, panic text, source file paths.
@@ -179,7 +171,7 @@ pub fn check_admission_error(e: &AdmissionError, sources: &[&str]) -> Result<(),
     ensure!(e.http_status() == 400, "HTTP status {}", e.http_status());
     match e {
         AdmissionError::InvalidParameter { param, .. } => {
-            ensure!(ADMISSION_PARAMS.contains(param), "names {param:?}")
+            ensure!(is_admission_param(param), "names {param:?}")
         }
         other => return Err(format!("unexpected refusal {other:?}")),
     }
