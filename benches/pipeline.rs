@@ -19,8 +19,7 @@ use voxrt::actors::metrics::Metrics;
 use voxrt::actors::pipeline::Pipeline;
 use voxrt::actors::processors::ProcessorCatalog;
 use voxrt::actors::protocol::StreamParams;
-use voxrt::actors::resampler::{AudioChunk, Flush};
-use voxrt::actors::session::PipelineOutput;
+use voxrt::actors::pipeline::{AudioChunk, Flush, PipelineOutput};
 
 const SPEECH: &str = "/usr/share/sounds/alsa/Front_Center.wav";
 const SESSIONS: usize = 50;
@@ -103,13 +102,14 @@ async fn run(chunks: &[Bytes]) -> Duration {
             for data in chunks {
                 let _ = pipeline
                     .resampler
+                    .addr()
                     .send(AudioChunk {
                         data,
                         received: Instant::now(),
                     })
                     .await;
             }
-            let _ = pipeline.resampler.send(Flush).await;
+            let _ = pipeline.resampler.addr().send(Flush).await;
         }));
         done.push(rx);
     }

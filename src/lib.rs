@@ -43,7 +43,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use voxrt_actors::metrics::Metrics;
 use voxrt_actors::processors::ProcessorCatalog;
 use voxrt_actors::registry::SessionRegistry;
-use voxrt_actors::session::SessionConfig;
+use voxrt_actors::settings::SessionConfig;
 
 /// The configuration in force: replaced whole by a reload, read by every request.
 pub(crate) struct Current {

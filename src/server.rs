@@ -134,7 +134,15 @@ pub async fn start(
     })
     .workers(workers)
     .client_request_timeout(header_timeout)
-    .on_connect(move |conn, _| tune_socket(conn, user_timeout))
+    .on_connect(move |conn, ext| {
+        tune_socket(conn, user_timeout);
+        if let Some(handle) = SocketAbortHandle::of(conn) {
+            ext.insert(handle);
+        }
+    })
+    // After the last response (a WebSocket's close frame) the connection is ended at
+    // once rather than lingering up to a second for the client to hang up first.
+    .client_disconnect_timeout(Duration::from_millis(CLOSE_LINGER_MS))
     .disable_signals()
     .shutdown_timeout(1)
     .listen(listener)
@@ -242,6 +250,37 @@ fn tune_socket(conn: &dyn std::any::Any, secs: u64) {
     let timeout = Some(Duration::from_secs(secs));
     if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(timeout) {
         warn!(error = %e, "cannot set TCP_USER_TIMEOUT");
+    }
+}
+
+/// How long, ms, the server waits after a connection's last response (a WebSocket close
+/// frame) for the client to hang up before ending TCP itself. Reading meanwhile lets the
+/// client's own close frame arrive without a reset that could destroy ours unread.
+const CLOSE_LINGER_MS: u64 = 100;
+
+/// A duplicate of an accepted socket, kept in the connection's data so a session can cut a
+/// connection whose actor cannot run (its client stopped reading, so the HTTP writer no
+/// longer polls it). Holding a duplicate (not the raw number) means the descriptor cannot
+/// be reused for another connection while anyone can still cut it.
+#[derive(Clone)]
+pub(crate) struct SocketAbortHandle(Arc<std::os::fd::OwnedFd>);
+
+impl SocketAbortHandle {
+    fn of(conn: &dyn std::any::Any) -> Option<Self> {
+        use std::os::fd::AsFd;
+        let tcp = conn.downcast_ref::<actix_web::rt::net::TcpStream>()?;
+        tcp.as_fd().try_clone_to_owned().ok().map(|fd| Self(Arc::new(fd)))
+    }
+
+    /// Resets the connection: linger 0 and a shutdown both ways, so the HTTP dispatcher
+    /// wakes to an error and drops the connection, and the peer gets a reset.
+    pub(crate) fn abort(&self) -> voxrt_actors::session::SocketAbort {
+        let fd = self.0.clone();
+        Arc::new(move || {
+            let socket = socket2::SockRef::from(&*fd);
+            let _ = socket.set_linger(Some(Duration::ZERO));
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        })
     }
 }
 

@@ -1,25 +1,27 @@
 //! `GET /v1/stream`: the checks a client passes before its WebSocket upgrade, then the
-//! session.
+//! session and its connection.
 //!
 //! Order, cheapest first, so a flood costs little: per-address attempt rate, origin, query,
-//! credential (failures are rate limited per address and audited), registry admission. Every
-//! refusal is HTTP with a JSON body (`refusal`), before any session exists.
+//! credential (failures are rate limited per address and audited), registry admission (or,
+//! for `resume=`, the session's own check of the resume token and `last_seq`). Every
+//! refusal is HTTP with a JSON body (`refusal`), before any session or connection exists.
 
 use crate::auth::{bearer, Identity};
 use crate::client_ip::client_ip;
 use crate::refusal::refuse;
 use crate::{cors, AppState, Current};
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_web_actors::ws;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use uuid::Uuid;
+use voxrt_actors::connection::{is_upgrade, Connection, ConnectionSpec};
 use voxrt_actors::error::AdmissionError;
-use voxrt_actors::intake::FramePacedPayload;
 use voxrt_actors::metrics::ReasonLabel;
-use voxrt_actors::protocol::{parse_query, StreamParams};
-use voxrt_actors::registry::{Admit, Unregister};
-use voxrt_actors::session::{OutgoingMeter, Session};
+use voxrt_actors::protocol::{parse_query, parse_resume, StreamParams};
+use voxrt_actors::registry::{Admit, EndReason, FindSession, Unregister};
+use voxrt_actors::session::{
+    CheckResume, ResumeRefusal, ResumeRequest, Session, SessionRoute, SessionSpec,
+};
 
 /// Registers the route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -44,7 +46,7 @@ async fn stream(
         return refuse(&AdmissionError::Internal, None, &state.metrics);
     };
     let refuse = |e: &AdmissionError| refuse(e, Some(peer), &state.metrics);
-    if ws::handshake(&req).is_err() {
+    if !is_upgrade(&req) {
         return refuse(&AdmissionError::NotWebSocket);
     }
     let checked = current
@@ -62,6 +64,14 @@ async fn stream(
             return crate::refusal::refuse_as(&e, Some(peer), &state.metrics, audited)
         }
     };
+    if query.contains_key("resume") {
+        return match resume(&query, &state).await {
+            Ok((id, route, request)) => {
+                connect(req, payload, &state, &current, id, route, Some(request))
+            }
+            Err(e) => refuse(&e),
+        };
+    }
     let params = match StreamParams::from_query(&query, &current.settings.vad) {
         Ok(p) => p,
         Err(e) => return refuse(&e),
@@ -152,8 +162,39 @@ fn count(state: &AppState, outcome: &str) {
         .inc();
 }
 
-/// Upgrades the connection and starts the session's actor, its response body metered so
-/// the session can bound what its client has not read.
+/// Finds the session a resume names and lets it check the token and `last_seq`.
+async fn resume(
+    query: &HashMap<String, String>,
+    state: &AppState,
+) -> Result<(Uuid, SessionRoute, ResumeRequest), AdmissionError> {
+    let (id, request) = parse_resume(query)?;
+    let route = state
+        .registry
+        .send(FindSession { id })
+        .await
+        .map_err(|_| AdmissionError::Internal)?
+        .ok_or(AdmissionError::SessionNotFound)?;
+    let checked = route
+        .check_resume
+        .send(CheckResume(request.clone()))
+        .await
+        .map_err(|_| AdmissionError::SessionNotFound)?;
+    match checked {
+        Ok(()) => {}
+        Err(ResumeRefusal::NotFound) => return Err(AdmissionError::SessionNotFound),
+        Err(ResumeRefusal::TokenInvalid) => return Err(AdmissionError::ResumeTokenInvalid),
+        Err(e @ ResumeRefusal::SeqOutOfRange { .. }) => {
+            return Err(AdmissionError::InvalidParameter {
+                param: "last_seq",
+                message: e.to_string(),
+            })
+        }
+    }
+    Ok((id, route, request))
+}
+
+/// Starts the session's actor (its pipeline first: a pipeline that cannot be built is a
+/// refusal, before the upgrade), then its connection.
 fn start_session(
     req: HttpRequest,
     payload: web::Payload,
@@ -167,36 +208,50 @@ fn start_session(
         params,
         identity,
     } = admitted;
-    let limits = &current.settings.session;
-    let session = Session::new(
+    let started = Session::start(SessionSpec {
         id,
-        peer,
         params,
-        current.session_config.clone(),
-        state.catalog.clone(),
-        state.registry.clone(),
-        state.metrics.clone(),
-    )
-    .with_ttl_s(identity.session_ttl_s);
-    let counters = session.counters();
-    let codec = actix_http::ws::Codec::new().max_size(
-        limits
-            .max_binary_frame_bytes
-            .max(limits.max_text_frame_bytes),
-    );
-    match ws::handshake(&req) {
-        Ok(mut response) => {
-            let body =
-                ws::WebsocketContext::with_codec(session, FramePacedPayload::new(payload), codec);
-            response.streaming(OutgoingMeter::new(body, counters))
-        }
+        config: current.session_config.clone(),
+        catalog: state.catalog.clone(),
+        metrics: state.metrics.clone(),
+        ttl_s: identity.session_ttl_s,
+        register: state.registry.clone().recipient(),
+        unregister: state.registry.clone().recipient(),
+    });
+    match started {
+        Ok((_, route)) => connect(req, payload, state, current, id, route, None),
         Err(e) => {
-            tracing::warn!(session = %id, error = %e, "WebSocket upgrade failed");
+            tracing::error!(session = %id, error = %e, "pipeline could not start");
             state.registry.do_send(Unregister {
                 id,
-                reason: "upgrade_failed",
+                reason: EndReason::UpgradeFailed,
             });
-            crate::refusal::refuse(&AdmissionError::NotWebSocket, Some(peer), &state.metrics)
+            crate::refusal::refuse(&AdmissionError::Internal, Some(peer), &state.metrics)
         }
     }
+}
+
+/// Upgrades the request and runs a connection carrying the session `route` reaches.
+fn connect(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    current: &Current,
+    session_id: Uuid,
+    route: SessionRoute,
+    resume: Option<ResumeRequest>,
+) -> HttpResponse {
+    let abort = req
+        .conn_data::<crate::server::SocketAbortHandle>()
+        .map(|handle| handle.abort());
+    let connection = Connection::new(ConnectionSpec {
+        session_id,
+        route,
+        resume,
+        limits: current.settings.session,
+        pipeline: current.settings.pipeline.clone(),
+        metrics: state.metrics.clone(),
+        abort,
+    });
+    connection.serve(&req, payload)
 }

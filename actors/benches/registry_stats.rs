@@ -13,7 +13,9 @@ use voxrt_actors::audio::{Encoding, InputFormat};
 use voxrt_actors::counters::SessionCounters;
 use voxrt_actors::metrics::Metrics;
 use voxrt_actors::registry::{Admit, GetStats, ListSessions, Register, SessionRegistry};
-use voxrt_actors::session::Expire;
+use voxrt_actors::session::{
+    Attach, Attached, CheckResume, ConnectionGone, Expire, FromClient, ResumeRefusal, SessionRoute,
+};
 use voxrt_actors::settings::RegistryLimits;
 
 struct StandIn;
@@ -25,6 +27,30 @@ impl Actor for StandIn {
 impl Handler<Expire> for StandIn {
     type Result = ();
     fn handle(&mut self, _msg: Expire, _ctx: &mut Self::Context) {}
+}
+
+impl Handler<Attach> for StandIn {
+    type Result = Result<Attached, ResumeRefusal>;
+    fn handle(&mut self, _msg: Attach, _ctx: &mut Self::Context) -> Self::Result {
+        Err(ResumeRefusal::NotFound)
+    }
+}
+
+impl Handler<CheckResume> for StandIn {
+    type Result = Result<(), ResumeRefusal>;
+    fn handle(&mut self, _msg: CheckResume, _ctx: &mut Self::Context) -> Self::Result {
+        Err(ResumeRefusal::NotFound)
+    }
+}
+
+impl Handler<FromClient> for StandIn {
+    type Result = ();
+    fn handle(&mut self, _msg: FromClient, _ctx: &mut Self::Context) {}
+}
+
+impl Handler<ConnectionGone> for StandIn {
+    type Result = ();
+    fn handle(&mut self, _msg: ConnectionGone, _ctx: &mut Self::Context) {}
 }
 
 const SESSIONS: usize = 10_000;
@@ -60,7 +86,13 @@ fn bench(c: &mut Criterion) {
             registry
                 .send(Register {
                     id,
-                    session: stand_in.clone().recipient(),
+                    expire: stand_in.clone().recipient(),
+                    route: SessionRoute {
+                        attach: stand_in.clone().recipient(),
+                        check_resume: stand_in.clone().recipient(),
+                        from_client: stand_in.clone().recipient(),
+                        gone: stand_in.clone().recipient(),
+                    },
                     counters: Arc::new(SessionCounters::new(stages)),
                     input,
                     ttl_s: None,

@@ -4,7 +4,7 @@
 //! without a round trip to every session, and the hot path pays one relaxed add.
 
 use crate::metrics::StageStats;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,13 @@ pub struct SessionCounters {
     pub last_error: Mutex<Option<&'static str>>,
     /// Messages queued per pipeline stage: the resampler first, then each processor.
     pub stage_depths: Vec<(String, AtomicI64)>,
+    /// A connection carries the session (false before the first attaches and while
+    /// detached).
+    pub attached: AtomicBool,
+    /// Times a client resumed the session.
+    pub resumes: AtomicU64,
+    /// Resumes that took the session over from a connection still attached.
+    pub takeovers: AtomicU64,
 }
 
 impl SessionCounters {
@@ -67,6 +74,9 @@ impl SessionCounters {
             outgoing_dropped: AtomicU64::new(0),
             last_error: Mutex::new(None),
             stage_depths: stages.into_iter().map(|s| (s, AtomicI64::new(0))).collect(),
+            attached: AtomicBool::new(false),
+            resumes: AtomicU64::new(0),
+            takeovers: AtomicU64::new(0),
         }
     }
 

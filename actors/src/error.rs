@@ -60,6 +60,12 @@ pub enum AdmissionError {
     /// The request is not a valid WebSocket upgrade.
     #[error("this endpoint needs a WebSocket upgrade request")]
     NotWebSocket,
+    /// A resume named a session that is not here: unknown, ended, expired, or resume is off.
+    #[error("no session to resume with this id: it ended, expired or never existed; start a new session")]
+    SessionNotFound,
+    /// A resume whose token does not match the session.
+    #[error("the resume token does not match this session")]
+    ResumeTokenInvalid,
     /// Something inside the server failed; the log has the details under the correlation id.
     #[error("internal error; the server log has details under this correlation id")]
     Internal,
@@ -80,6 +86,8 @@ impl AdmissionError {
             AdmissionError::RateLimited { .. } => "rate_limited",
             AdmissionError::OriginNotAllowed => "origin_not_allowed",
             AdmissionError::NotWebSocket => "websocket_upgrade_required",
+            AdmissionError::SessionNotFound => "session_not_found",
+            AdmissionError::ResumeTokenInvalid => "resume_token_invalid",
             AdmissionError::Internal => "internal_error",
         }
     }
@@ -89,7 +97,8 @@ impl AdmissionError {
         match self {
             AdmissionError::InvalidParameter { .. } | AdmissionError::NotWebSocket => 400,
             AdmissionError::Unauthorized(_) | AdmissionError::TokenExpired => 401,
-            AdmissionError::OriginNotAllowed => 403,
+            AdmissionError::OriginNotAllowed | AdmissionError::ResumeTokenInvalid => 403,
+            AdmissionError::SessionNotFound => 404,
             AdmissionError::TooManySessions { .. }
             | AdmissionError::AuthRateLimited { .. }
             | AdmissionError::RateLimited { .. } => 429,
@@ -131,6 +140,8 @@ pub mod close_code {
     pub const IDLE_TIMEOUT: u16 = 4000;
     /// Session older than `session_ttl_s`.
     pub const TTL_EXPIRED: u16 = 4001;
+    /// Another connection resumed this session (`session_taken_over`).
+    pub const TAKEN_OVER: u16 = 4002;
 }
 
 /// Errors inside a live session, sent as `{"type":"error",...}` events.
@@ -249,6 +260,11 @@ impl SessionError {
             SessionError::SlowConsumer { .. } => "slow_consumer",
             SessionError::Internal => "internal_error",
         }
+    }
+
+    /// The `session.closed` reason when this error ends the session.
+    pub fn close_reason(&self) -> crate::protocol::CloseReason {
+        crate::protocol::CloseReason::Error
     }
 
     /// The close code when this error ends the session; `None` if the session goes on.

@@ -1,35 +1,34 @@
 //! voxrt's actors and audio pipeline.
 //!
 //! # Layout
-//! - [`registry`]: the `SessionRegistry` actor: admission, limits, TTL/idle sweeps, shutdown.
-//! - [`session`]: the `Session` actor, one per WebSocket: frames in, events out.
-//! - [`pipeline`]: builds a session's stages; separable from the connection feeding it.
-//! - [`resampler`]: the `Resampler` actor: decode, downmix, resample to 16 kHz, fan out.
-//! - [`processor`]: the `ProcessorStage` actor that runs one [`processors::Processor`].
+//! Layers, each importing only those above it in this list (no import circles):
+//! - [`audio`]: formats, decoding, the streaming resampler and [`AudioBlock`] (plain DSP,
+//!   no actors). Beside it, leaves every layer may use: [`protocol`] (wire types),
+//!   [`error`] (errors with stable client codes), [`settings`] (tunables), [`metrics`]
+//!   and [`counters`] (shared statistics).
 //! - [`processors`]: the `Processor` trait, the catalog, and the built-ins `level` and `vad`.
-//! - [`audio`]: formats and the streaming resampler (plain DSP, no actors).
-//! - [`protocol`]: protocol v1 wire types; [`error`]: errors with stable client codes.
-//! - [`intake`]: paces WebSocket bytes into actix's decoder so it buffers at most a frame.
-//! - [`metrics`]: Prometheus metrics and per-stage statistics shared by every actor.
-//! - [`settings`]: the tunables the server's config feeds in; [`counters`]: shared counters.
+//! - [`pipeline`]: a session's stages (resampler, processor stages), their messages, and
+//!   the one bounded sender every hop uses.
+//! - [`session`]: the `Session` actor, which outlives connections: pipeline, outbox,
+//!   resume; and [`connection`]: the `Connection` actor, one per WebSocket.
+//! - [`registry`]: the `SessionRegistry` actor: admission, limits, TTL/idle sweeps,
+//!   resume lookups, shutdown.
 //!
-//! Data flows session -> resampler -> processors over bounded mailboxes; when a stage is
-//! full the session applies the configured [`settings::BackpressurePolicy`].
+//! Audio flows connection -> resampler -> processors over bounded mailboxes; when a stage
+//! is full the connection applies the configured [`settings::BackpressurePolicy`].
 #![warn(missing_docs)]
 
 pub mod audio;
+pub mod connection;
 pub mod counters;
 pub mod error;
-pub mod intake;
 pub mod metrics;
 pub mod pipeline;
-pub mod processor;
 pub mod processors;
 pub mod protocol;
 pub mod registry;
-pub mod resampler;
 pub mod session;
 pub mod settings;
 
+pub use audio::AudioBlock;
 pub use protocol::ServerEvent;
-pub use resampler::AudioBlock;

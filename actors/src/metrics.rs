@@ -211,8 +211,16 @@ pub struct Metrics {
     pub audio_seconds: Counter<f64, AtomicU64>,
     /// Chunks dropped by `drop_newest`.
     pub chunks_dropped: Counter,
-    /// `level` events and returned audio dropped for clients not reading.
+    /// Returned audio frames dropped for clients not reading or not attached.
     pub outgoing_dropped: Counter,
+    /// Sessions whose connection was lost and that wait to be resumed.
+    pub detaches: Counter,
+    /// Sessions resumed by a client.
+    pub resumes: Counter,
+    /// Resumes that took over from a connection still attached (closed 4002).
+    pub takeovers: Counter,
+    /// Clients that stopped reading their events (connections closed `slow_consumer`).
+    pub slow_consumers: Counter,
     /// Client authentication results, by outcome (`granted`, `denied`, `rate_limited`).
     pub auth: Family<ReasonLabel, Counter>,
     /// From receiving a chunk to sending the events it caused.
@@ -255,6 +263,10 @@ impl Metrics {
             audio_seconds: Counter::default(),
             chunks_dropped: Counter::default(),
             outgoing_dropped: Counter::default(),
+            detaches: Counter::default(),
+            resumes: Counter::default(),
+            takeovers: Counter::default(),
+            slow_consumers: Counter::default(),
             auth: Family::default(),
             event_latency: Histogram::new(seconds_buckets()),
             ws_frames: Default::default(),
@@ -302,8 +314,28 @@ impl Metrics {
         );
         registry.register(
             "outgoing_dropped",
-            "Level events and returned audio frames dropped because the client was not reading",
+            "Returned audio frames dropped because the client was not reading or not attached",
             m.outgoing_dropped.clone(),
+        );
+        registry.register(
+            "session_detaches",
+            "Sessions whose connection was lost, left waiting to be resumed",
+            m.detaches.clone(),
+        );
+        registry.register(
+            "session_resumes",
+            "Sessions resumed on a new connection",
+            m.resumes.clone(),
+        );
+        registry.register(
+            "session_takeovers",
+            "Resumes that took a session over from a connection still attached",
+            m.takeovers.clone(),
+        );
+        registry.register(
+            "slow_consumers",
+            "Clients that stopped reading their events (connection closed slow_consumer)",
+            m.slow_consumers.clone(),
         );
         registry.register(
             "auth",

@@ -94,6 +94,28 @@ pub struct SessionLimits {
     /// A client whose outgoing queue stays over `max_outgoing_bytes` this long, in seconds,
     /// is closed 1008 `slow_consumer`.
     pub slow_consumer_timeout_s: u64,
+    /// How long a session whose connection was lost waits for the client to resume it, in
+    /// seconds; 0 turns resume off (a lost connection then ends the session).
+    pub resume_window_s: u64,
+    /// Bytes of sequenced events a session keeps for replay on resume. While attached the
+    /// oldest are let go beyond it; while detached, overflowing it ends the session with
+    /// `resume_buffer_overflow`.
+    pub resume_buffer_bytes: usize,
+}
+
+/// Everything a session needs from the server's settings, shared by all sessions.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Per-session limits.
+    pub limits: SessionLimits,
+    /// Registry limits (TTL and idle timeout are reported to the client).
+    pub registry: RegistryLimits,
+    /// Pipeline layout and backpressure.
+    pub pipeline: PipelineSettings,
+    /// Level meter settings.
+    pub level: LevelSettings,
+    /// Processor restart limits.
+    pub supervision: SupervisionSettings,
 }
 
 /// Limits the registry enforces across sessions.

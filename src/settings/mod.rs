@@ -16,7 +16,7 @@ use config::{Config, Environment, File, FileFormat};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use thiserror::Error;
-use voxrt_actors::resampler::MAX_BLOCK_SAMPLES;
+use voxrt_actors::audio::MAX_BLOCK_SAMPLES;
 use voxrt_actors::settings::{
     LevelSettings, PipelineSettings, RegistryLimits, SessionLimits, SupervisionSettings,
     VadSettings,
@@ -261,8 +261,8 @@ impl Settings {
     }
 
     /// What every session's actors are built with, from these settings.
-    pub fn session_config(&self) -> voxrt_actors::session::SessionConfig {
-        voxrt_actors::session::SessionConfig {
+    pub fn session_config(&self) -> voxrt_actors::settings::SessionConfig {
+        voxrt_actors::settings::SessionConfig {
             limits: self.session,
             registry: self.registry,
             pipeline: self.pipeline.clone(),
@@ -273,8 +273,8 @@ impl Settings {
 
     /// The most memory one session can make the server hold, in bytes: audio in flight
     /// before the resampler, one frame being read, full processor mailboxes (and the
-    /// returned-audio queue) of at most 100 ms blocks, the outgoing queue, plus fixed
-    /// per-session state.
+    /// returned-audio queue) of at most 100 ms blocks, the outgoing queue, the events kept
+    /// for resume, plus fixed per-session state.
     pub fn session_worst_case_bytes(&self) -> usize {
         const FIXED: usize = 64 << 10;
         let stages = self.pipeline.processors.len() + 1;
@@ -284,6 +284,7 @@ impl Settings {
             + stages * (self.pipeline.mailbox_capacity.get() + 1) * per_block
             // The outgoing queue closes the session at twice its bound.
             + 2 * self.session.max_outgoing_bytes
+            + self.session.resume_buffer_bytes
             + FIXED
     }
 }

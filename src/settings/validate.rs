@@ -155,6 +155,14 @@ impl Settings {
             3600,
             " s",
         )?;
+        check("session.resume_window_s", l.resume_window_s, 0, 3600, " s")?;
+        check(
+            "session.resume_buffer_bytes",
+            l.resume_buffer_bytes,
+            4 << 10,
+            64 << 20,
+            " bytes",
+        )?;
         let p = &self.pipeline;
         check(
             "pipeline.mailbox_capacity",

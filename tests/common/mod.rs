@@ -5,6 +5,7 @@
 pub mod audio;
 pub mod http;
 pub mod process;
+pub mod proxy;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;

@@ -2,7 +2,7 @@
 
 use super::{to_dbfs, Processor, SAMPLES_PER_MS};
 use crate::protocol::ServerEvent;
-use crate::resampler::AudioBlock;
+use crate::audio::AudioBlock;
 use crate::settings::LevelSettings;
 
 /// Emits `{"type":"level","t_ms","rms_dbfs","peak_dbfs"}` every `interval_ms` of audio, with

@@ -1,6 +1,6 @@
 //! Processors: what runs on pipeline audio (16 kHz mono `f32`), one actor each.
 //!
-//! A [`Processor`] is plain synchronous code; the [`crate::processor::ProcessorStage`] actor
+//! A [`Processor`] is plain synchronous code; the `ProcessorStage` (in `pipeline`) actor
 //! gives it a bounded mailbox and delivers its events to the session. Built-ins are `level`
 //! and `vad`; users register their own in a [`ProcessorCatalog`] under a name and list that
 //! name in `pipeline.processors`.
@@ -36,7 +36,7 @@ pub use vad::VadProcessor;
 
 use crate::audio::InputFormat;
 use crate::protocol::ServerEvent;
-use crate::resampler::AudioBlock;
+use crate::audio::AudioBlock;
 use crate::settings::{LevelSettings, VadSettings};
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 
 use super::{Processor, SAMPLES_PER_MS};
 use crate::protocol::{ServerEvent, VadEventKind};
-use crate::resampler::AudioBlock;
+use crate::audio::AudioBlock;
 use crate::settings::VadSettings;
 
 /// earshot's frame: 256 samples (16 ms) at 16 kHz.

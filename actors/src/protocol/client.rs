@@ -72,6 +72,59 @@ pub const KNOWN_PARAMS: [&str; 8] = [
     "vad_min_speech_ms",
 ];
 
+/// Query parameters of a resume (`GET /v1/stream?resume=...`): the session's format is
+/// fixed, so no format or VAD parameter may come with it.
+pub const RESUME_PARAMS: [&str; 4] = ["resume", "resume_token", "last_seq", "access_token"];
+
+/// Validates a resume's query: the session id, its resume token and the last `seq` the
+/// client received.
+pub fn parse_resume(
+    query: &HashMap<String, String>,
+) -> Result<(uuid::Uuid, crate::session::ResumeRequest), AdmissionError> {
+    let mut unknown: Vec<&str> = query
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !RESUME_PARAMS.contains(k))
+        .collect();
+    unknown.sort_unstable();
+    if let Some(first) = unknown.first() {
+        return Err(invalid(
+            "query",
+            format!(
+                "parameter \"{}\" cannot come with resume; allowed: {}",
+                clip(first),
+                RESUME_PARAMS.join(", ")
+            ),
+        ));
+    }
+    let raw = query.get("resume").map(String::as_str).unwrap_or_default();
+    let id = uuid::Uuid::parse_str(raw.trim()).map_err(|_| {
+        invalid(
+            "resume",
+            format!("resume must be a session id (a UUID); got \"{}\"", clip(raw)),
+        )
+    })?;
+    let token = match query.get("resume_token") {
+        Some(t) if !t.is_empty() && t.len() <= 256 => t.clone(),
+        _ => {
+            return Err(invalid(
+                "resume_token",
+                "resume_token is required with resume: the token from session.started".into(),
+            ))
+        }
+    };
+    let last_seq = match query.get("last_seq").map(|v| v.trim().parse::<u64>()) {
+        Some(Ok(n)) => n,
+        Some(Err(_)) | None => {
+            return Err(invalid(
+                "last_seq",
+                "last_seq is required with resume: the seq of the last message received, a non-negative integer".into(),
+            ))
+        }
+    };
+    Ok((id, crate::session::ResumeRequest { token, last_seq }))
+}
+
 /// Longest query string `parse_query` reads, bytes; longer is refused without parsing.
 pub const MAX_QUERY_BYTES: usize = 4096;
 

@@ -118,6 +118,16 @@ pub struct SessionLimitsInfo {
     pub max_outgoing_bytes: usize,
 }
 
+/// `resume` in `session.started`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResumeInfo {
+    /// Presented with `resume_token` to resume; shown only here, kept by the server only
+    /// as a hash.
+    pub token: String,
+    /// How long after a lost connection the session waits to be resumed, seconds.
+    pub window_s: u64,
+}
+
 /// Speech boundary kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -145,6 +155,21 @@ pub enum ServerEvent {
         vad: VadSettings,
         /// Limits in force.
         limits: SessionLimitsInfo,
+        /// How to resume after a lost connection; absent when resume is off.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resume: Option<ResumeInfo>,
+    },
+    /// First frame of a resumed connection (carries no `seq`): the replayed messages follow.
+    #[serde(rename = "session.resumed")]
+    SessionResumed {
+        /// The session.
+        session_id: Uuid,
+        /// Input audio the server read before the loss, ms: resend from here.
+        audio_ms: u64,
+        /// The same position exactly, in sample frames of the input.
+        input_frames: u64,
+        /// Messages replayed next (those after the client's `last_seq`).
+        replayed: usize,
     },
     /// Answer to `ping`.
     #[serde(rename = "pong")]
@@ -209,6 +234,17 @@ pub enum ServerEvent {
 }
 
 impl ServerEvent {
+    /// The event as one JSON text frame with `"seq"` as its first key. A user processor's
+    /// event that is not a JSON object is wrapped as `{"seq":N,"type":"custom","value":...}`.
+    pub fn to_json_with_seq(&self, seq: u64) -> String {
+        let json = self.to_json();
+        match json.strip_prefix('{') {
+            Some("}") => format!("{{\"seq\":{seq}}}"),
+            Some(rest) => format!("{{\"seq\":{seq},{rest}"),
+            None => format!("{{\"seq\":{seq},\"type\":\"custom\",\"value\":{json}}}"),
+        }
+    }
+
     /// The event as one JSON text frame.
     pub fn to_json(&self) -> String {
         // Serializing these types cannot fail: keys are strings and floats are finite.

@@ -1,15 +1,15 @@
 //! Messages the SessionRegistry handles, and the snapshots it answers with.
 
+pub use crate::session::{EndReason, Expire, Register, SessionRoute, Unregister};
+
 use crate::audio::InputFormat;
-use crate::counters::SessionCounters;
 use crate::error::AdmissionError;
-use crate::session::Expire;
 use crate::settings::RegistryLimits;
 use actix::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+
 use uuid::Uuid;
 
 /// Asks for a slot for a new session from `peer`.
@@ -20,32 +20,12 @@ pub struct Admit {
     pub peer: IpAddr,
 }
 
-/// A session actor is running under an admitted id.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Register {
-    /// The id [`Admit`] returned.
-    pub id: Uuid,
-    /// Where expiry notices go.
-    pub session: Recipient<Expire>,
-    /// The session's live counters.
-    pub counters: Arc<SessionCounters>,
-    /// What the client sends.
-    pub input: InputFormat,
-    /// This session's own TTL, when its credential asked for one shorter than
-    /// `registry.session_ttl_s` (the shorter of the two applies).
-    pub ttl_s: Option<u64>,
-}
-
-/// A session actor has stopped.
+/// Where a resume goes: the session's route, if it is alive here.
 #[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-pub struct Unregister {
-    /// The session's id.
+#[rtype(result = "Option<SessionRoute>")]
+pub struct FindSession {
+    /// The session.
     pub id: Uuid,
-    /// Why it ended: a `session.closed` reason, or `client_closed`, `connection_lost`,
-    /// `heartbeat_timeout` when the client went away first.
-    pub reason: &'static str,
 }
 
 /// Stop admitting, tell every session to close with `server_shutdown`, and answer when
@@ -123,6 +103,12 @@ pub struct StageDepth {
 pub struct SessionSnapshot {
     /// Session id.
     pub id: Uuid,
+    /// `attached` (a connection carries it) or `detached` (waiting to be resumed).
+    pub state: &'static str,
+    /// Times a client resumed it.
+    pub resumes: u64,
+    /// Resumes that took it over from a connection still attached.
+    pub takeovers: u64,
     /// Client address, when configured to show it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<String>,
@@ -150,7 +136,7 @@ pub struct SessionSnapshot {
     pub bytes_out: u64,
     /// Encoded bytes queued for the client and not yet taken by its socket.
     pub outgoing_bytes: usize,
-    /// `level` events and returned-audio frames dropped because the client was not reading.
+    /// Returned-audio frames dropped because the client was not reading or not attached.
     pub outgoing_dropped: u64,
     /// Code of the last error sent, if any.
     pub last_error: Option<&'static str>,
@@ -173,8 +159,10 @@ pub struct InjectPanic;
 /// What the registry knows, as numbers.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct RegistryStats {
-    /// Sessions running.
+    /// Sessions running (attached or detached).
     pub sessions_active: usize,
+    /// Of those, detached: waiting for their client to resume them.
+    pub sessions_detached: usize,
     /// Admitted but not yet running (upgrade in progress).
     pub sessions_reserved: usize,
     /// Admitted since start.
@@ -185,6 +173,8 @@ pub struct RegistryStats {
     pub closed_total: u64,
     /// Ended since start, by reason.
     pub closed_by_reason: BTreeMap<&'static str, u64>,
+    /// Resume lookups that found no session (`session_not_found`).
+    pub resumes_not_found: u64,
     /// Times the registry was restarted by its supervisor.
     pub restarts: u64,
     /// Bytes reserved per session for the memory budget.

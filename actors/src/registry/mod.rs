@@ -24,7 +24,6 @@ use crate::counters::{now_ms, SessionCounters};
 use crate::error::AdmissionError;
 use crate::metrics::{Metrics, ReasonLabel, StageStats};
 use crate::protocol::CloseReason;
-use crate::session::Expire;
 use crate::settings::RegistryLimits;
 use actix::prelude::*;
 use std::collections::{BTreeSet, HashMap};
@@ -44,6 +43,7 @@ struct Entry {
 
 struct Live {
     session: Recipient<Expire>,
+    route: SessionRoute,
     counters: Arc<SessionCounters>,
     input: InputFormat,
     /// The session's own TTL, if shorter than the configured one.
@@ -125,7 +125,8 @@ impl SessionRegistry {
         Err(error)
     }
 
-    fn remove(&mut self, id: &Uuid, reason: &'static str) {
+    fn remove(&mut self, id: &Uuid, reason: EndReason) {
+        let reason = reason.as_str();
         if let Some(entry) = self.entries.remove(id) {
             if let Some(live) = &entry.live {
                 self.order.remove(&(live.counters.started_ms, *id));
@@ -200,9 +201,11 @@ impl SessionRegistry {
                 continue;
             }
             let ttl_ms = live.ttl_ms.map_or(ttl_ms, |own| own.min(ttl_ms));
+            // A detached session's clock is its resume window, kept by the session itself.
+            let attached = live.counters.attached.load(std::sync::atomic::Ordering::Relaxed);
             let reason = if live.counters.age_ms(now) >= ttl_ms {
                 CloseReason::TtlExpired
-            } else if live.counters.idle_ms(now) >= idle_ms {
+            } else if attached && live.counters.idle_ms(now) >= idle_ms {
                 CloseReason::IdleTimeout
             } else {
                 continue;
@@ -213,11 +216,11 @@ impl SessionRegistry {
         }
         for id in stale {
             warn!(session = %id, "admitted client never completed the upgrade; slot released");
-            self.remove(&id, "handshake_timeout");
+            self.remove(&id, EndReason::HandshakeTimeout);
         }
         for id in gone {
             warn!(session = %id, "session stopped without unregistering; slot released");
-            self.remove(&id, "connection_lost");
+            self.remove(&id, EndReason::ConnectionLost);
         }
     }
 }
@@ -298,7 +301,7 @@ impl Handler<Register> for SessionRegistry {
     /// Marks an admitted session as running. If that fails, the session is ended: it would
     /// run outside the limits.
     fn handle(&mut self, msg: Register, ctx: &mut Self::Context) {
-        let session = msg.session.clone();
+        let session = msg.expire.clone();
         if self
             .guard(ctx, "register", |this, _| this.register(msg))
             .is_none()
@@ -316,14 +319,14 @@ impl SessionRegistry {
             // Its reservation timed out before the actor started: it is over the limits
             // it was admitted under, so it ends at once.
             warn!(session = %msg.id, "session registered after its reservation expired");
-            msg.session.do_send(Expire {
+            msg.expire.do_send(Expire {
                 reason: CloseReason::ServerShutdown,
             });
             return;
         };
         let expiring = self.draining;
         if expiring {
-            msg.session.do_send(Expire {
+            msg.expire.do_send(Expire {
                 reason: CloseReason::ServerShutdown,
             });
         }
@@ -332,7 +335,8 @@ impl SessionRegistry {
         }
         self.order.insert((msg.counters.started_ms, msg.id));
         entry.live = Some(Live {
-            session: msg.session,
+            session: msg.expire,
+            route: msg.route,
             counters: msg.counters,
             input: msg.input,
             ttl_ms: msg.ttl_s.map(|s| s.saturating_mul(1000)),
@@ -349,6 +353,27 @@ impl Handler<Unregister> for SessionRegistry {
         self.guard(ctx, "unregister", |this, _| {
             this.remove(&msg.id, msg.reason)
         });
+    }
+}
+
+impl Handler<FindSession> for SessionRegistry {
+    type Result = Option<SessionRoute>;
+
+    /// The route of a live session, for a resume; `None` (404) for anything else.
+    fn handle(&mut self, msg: FindSession, ctx: &mut Self::Context) -> Self::Result {
+        self.guard(ctx, "find_session", |this, _| {
+            let found = this
+                .entries
+                .get(&msg.id)
+                .and_then(|e| e.live.as_ref())
+                .filter(|l| !l.expiring)
+                .map(|l| l.route.clone());
+            if found.is_none() {
+                this.stats.resumes_not_found += 1;
+            }
+            found
+        })
+        .flatten()
     }
 }
 
@@ -378,7 +403,7 @@ impl SessionRegistry {
             .map(|(id, _)| *id)
             .collect();
         for id in reserved {
-            self.remove(&id, "server_shutdown");
+            self.remove(&id, EndReason::Closed(CloseReason::ServerShutdown));
         }
         for live in self.entries.values_mut().filter_map(|e| e.live.as_mut()) {
             if !live.expiring {

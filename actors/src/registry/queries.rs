@@ -18,6 +18,13 @@ impl Live {
         let stats = c.stats();
         SessionSnapshot {
             id,
+            state: if c.attached.load(Relaxed) {
+                "attached"
+            } else {
+                "detached"
+            },
+            resumes: c.resumes.load(Relaxed),
+            takeovers: c.takeovers.load(Relaxed),
             peer: peer.map(|p| p.to_string()),
             age_ms: c.age_ms(now),
             idle_ms: c.idle_ms(now),
@@ -71,6 +78,12 @@ impl SessionRegistry {
         let live = self.entries.values().filter(|e| e.live.is_some()).count();
         let mut stats = self.stats.clone();
         stats.sessions_active = live;
+        stats.sessions_detached = self
+            .entries
+            .values()
+            .filter_map(|e| e.live.as_ref())
+            .filter(|l| !l.counters.attached.load(Relaxed))
+            .count();
         stats.sessions_reserved = self.entries.len() - live;
         stats.max_sessions = self.limits.max_sessions;
         stats.draining = self.draining;

@@ -1,64 +1,44 @@
-//! The Session actor: one per WebSocket connection.
+//! The Session actor: one per voice session, outliving any one connection.
 //!
-//! Life of a session, top to bottom: `started` builds the pipeline, registers with the
-//! registry and sends `session.started`; the stream handler validates each frame, sends audio
-//! into the pipeline under the backpressure policy and answers control messages; pipeline
-//! output comes back as [`PipelineOutput`] and leaves as events; `stop`, an [`Expire`] from
-//! the registry, or a fatal error flush the pipeline, send `session.closed` and close;
-//! `stopped` unregisters.
+//! # Layout
+//! - [`messages`]: what the session, its connection and the registry tell each other.
+//! - [`outbox`]: sequenced messages kept for replay on resume.
+//! - `pipeline_output`: the pipeline's output turned into messages for the client.
+//! - `resume`: the resume token, attaching and detaching connections.
+//!
+//! Life of a session, top to bottom: [`Session::start`] builds the pipeline and starts the
+//! actor, which registers with the registry; the first connection attaches and gets
+//! `session.started`. Audio goes from the connection straight into the pipeline; control
+//! messages come here as [`FromClient`]. Pipeline output comes back as [`PipelineOutput`]
+//! and leaves, sequenced, through the outbox to the attached connection. A lost connection
+//! detaches the session (it keeps running and buffering) until a client resumes it or
+//! `resume_window_s` passes. `stop`, an [`Expire`] from the registry, or a fatal error flush
+//! the pipeline, send `session.closed` and close the connection; `stopped` unregisters.
 
-mod client_frames;
-mod outgoing;
+pub mod messages;
+pub mod outbox;
 mod pipeline_output;
-mod rates;
+mod resume;
 
-pub use outgoing::{frame_len, OutgoingMeter};
-pub use pipeline_output::PipelineOutput;
+pub use messages::*;
 
-use self::rates::SessionRates;
+use self::outbox::Outbox;
 use crate::counters::SessionCounters;
-use crate::error::SessionError;
-use crate::metrics::{Direction, FrameKind, Metrics, StageStats};
-use crate::pipeline::Pipeline;
+use crate::error::{close_code, SessionError};
+use crate::metrics::{Metrics, StageStats};
+use crate::pipeline::{Flush, Offer, Pipeline, PipelineError};
 use crate::processors::ProcessorCatalog;
-use crate::protocol::{CloseReason, PipelineFormat, ServerEvent, SessionLimitsInfo, StreamParams};
-use crate::registry::{Register, SessionRegistry, Unregister};
-use crate::resampler::Flush;
-use crate::settings::{
-    LevelSettings, PipelineSettings, RegistryLimits, SessionLimits, SupervisionSettings,
+use crate::protocol::{
+    CloseReason, PipelineFormat, ResumeInfo, ServerEvent, SessionLimitsInfo, StreamParams,
 };
+use crate::settings::{BackpressurePolicy, SessionConfig};
 use actix::prelude::*;
-use actix_web_actors::ws;
 use std::collections::VecDeque;
-use std::net::IpAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
 use uuid::Uuid;
-
-/// Everything a session needs from the server's settings, shared by all sessions.
-#[derive(Debug, Clone)]
-pub struct SessionConfig {
-    /// Per-session limits.
-    pub limits: SessionLimits,
-    /// Registry limits (TTL and idle timeout are reported to the client).
-    pub registry: RegistryLimits,
-    /// Pipeline layout and backpressure.
-    pub pipeline: PipelineSettings,
-    /// Level meter settings.
-    pub level: LevelSettings,
-    /// Processor restart limits.
-    pub supervision: SupervisionSettings,
-}
-
-/// The registry asks the session to end, telling the client why.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-pub struct Expire {
-    /// Reported in `session.closed`; decides the close code.
-    pub reason: CloseReason,
-}
 
 /// Who asked for a flush: only a client's `flush` is answered with `flushed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,220 +49,310 @@ enum FlushKind {
     Closing,
 }
 
-/// One WebSocket client and its pipeline.
+/// What a session is started with.
+pub struct SessionSpec {
+    /// The id the registry admitted.
+    pub id: Uuid,
+    /// The client's validated stream parameters.
+    pub params: StreamParams,
+    /// Settings shared by every session.
+    pub config: Arc<SessionConfig>,
+    /// The processors `pipeline.processors` may name.
+    pub catalog: Arc<ProcessorCatalog>,
+    /// Server-wide metrics.
+    pub metrics: Arc<Metrics>,
+    /// This session's TTL when its credential asked for a shorter one.
+    pub ttl_s: Option<u64>,
+    /// Where the session registers.
+    pub register: Recipient<Register>,
+    /// Where the session reports its end.
+    pub unregister: Recipient<Unregister>,
+}
+
+fn route_of(addr: &Addr<Session>) -> SessionRoute {
+    SessionRoute {
+        attach: addr.clone().recipient(),
+        check_resume: addr.clone().recipient(),
+        from_client: addr.clone().recipient(),
+        gone: addr.clone().recipient(),
+    }
+}
+
+/// One voice session: its pipeline, its outbox, and the connection it is attached to.
 pub struct Session {
     id: Uuid,
-    peer: IpAddr,
     params: StreamParams,
     config: Arc<SessionConfig>,
-    catalog: Arc<ProcessorCatalog>,
-    registry: Addr<SessionRegistry>,
     counters: Arc<SessionCounters>,
-    pipeline: Option<Pipeline>,
-    /// Binary frames received, valid or not: the next frame's `seq`.
-    binary_frames: u64,
-    /// Last frame of any kind from the client (heartbeat).
-    last_heard: Instant,
-    /// Set once the session is ending; further audio is refused.
+    pipeline: Pipeline,
+    intake: Arc<IntakeGate>,
+    outbox: Outbox,
+    /// SHA-256 of the resume token; `None` when resume is off.
+    token_hash: Option<[u8; 32]>,
+    /// The token until `session.started` has carried it to the client.
+    token: Option<String>,
+    /// The connection carrying the session, if any.
+    attached: Option<ConnectionHandle>,
+    /// A connection has attached at least once.
+    ever_attached: bool,
+    /// Ends the session when a detached session is not resumed in time.
+    resume_deadline: Option<SpawnHandle>,
+    /// Set once the session is ending.
     closing: Option<CloseReason>,
     /// Flushes sent to the pipeline and not yet answered, oldest first.
     flushes: VecDeque<FlushKind>,
-    /// Why the session ended, for the registry and metrics (`connection_lost` until known).
-    end_reason: &'static str,
-    /// `session.closed` has been sent; nothing more goes out.
-    done: bool,
-    /// Control-message and audio-rate buckets.
-    rates: SessionRates,
-    /// This session's TTL when its credential asked for a shorter one.
+    /// Why the session ended, once it has.
+    ended: Option<EndReason>,
     ttl_s: Option<u64>,
-    /// Since when the outgoing queue has been over `max_outgoing_bytes`.
+    /// Since when the attached connection's unread queue has been over `max_outgoing_bytes`.
     over_since: Option<Instant>,
     /// Processor restarts within the last `supervision.period_s`, oldest first (at most
     /// `max_restarts + 1`).
     restarts: VecDeque<Instant>,
+    register: Recipient<Register>,
+    unregister: Recipient<Unregister>,
     metrics: Arc<Metrics>,
     stage: Arc<StageStats>,
     span: tracing::Span,
 }
 
 impl Session {
-    /// A session admitted by the registry under `id`.
-    pub fn new(
-        id: Uuid,
-        peer: IpAddr,
-        params: StreamParams,
-        config: Arc<SessionConfig>,
-        catalog: Arc<ProcessorCatalog>,
-        registry: Addr<SessionRegistry>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        let span = tracing::info_span!("session", id = %id);
-        let stages = std::iter::once("resampler".to_owned())
-            .chain(config.pipeline.processors.iter().cloned());
-        Self {
-            counters: Arc::new(SessionCounters::new(stages)),
-            rates: SessionRates::new(&config.limits, &params.input),
-            done: false,
-            ttl_s: None,
-            over_since: None,
-            restarts: VecDeque::new(),
-            end_reason: "connection_lost",
-            stage: metrics.stage("session", 0),
-            metrics,
+    /// Builds the pipeline and starts the session on the current arbiter, its mailbox
+    /// bounded to `pipeline.mailbox_capacity`. Fails if the pipeline cannot be built.
+    pub fn start(spec: SessionSpec) -> Result<(Addr<Session>, SessionRoute), PipelineError> {
+        let SessionSpec {
             id,
-            peer,
             params,
             config,
             catalog,
-            registry,
-            pipeline: None,
-            binary_frames: 0,
-            last_heard: Instant::now(),
+            metrics,
+            ttl_s,
+            register,
+            unregister,
+        } = spec;
+        let stages = std::iter::once("resampler".to_owned())
+            .chain(config.pipeline.processors.iter().cloned());
+        let counters = Arc::new(SessionCounters::new(stages));
+        let mut ctx: Context<Session> = Context::new();
+        ctx.set_mailbox_capacity(config.pipeline.mailbox_capacity.get());
+        let pipeline = Pipeline::start(
+            id,
+            &params,
+            &config,
+            &catalog,
+            ctx.address().recipient(),
+            counters.clone(),
+            &metrics,
+        )?;
+        let (token, token_hash) = match config.limits.resume_window_s {
+            0 => (None, None),
+            _ => {
+                let token = resume::new_token();
+                let hash = resume::token_hash(&token);
+                (Some(token), Some(hash))
+            }
+        };
+        let session = Session {
+            outbox: Outbox::new(config.limits.resume_buffer_bytes),
+            span: tracing::info_span!("session", id = %id),
+            stage: metrics.stage("session", config.pipeline.mailbox_capacity.get()),
+            intake: Arc::new(IntakeGate::default()),
+            id,
+            params,
+            config,
+            counters,
+            pipeline,
+            token_hash,
+            token,
+            attached: None,
+            ever_attached: false,
+            resume_deadline: None,
             closing: None,
             flushes: VecDeque::new(),
-            span,
+            ended: None,
+            ttl_s,
+            over_since: None,
+            restarts: VecDeque::new(),
+            register,
+            unregister,
+            metrics,
+        };
+        let addr = ctx.run(session);
+        let route = route_of(&addr);
+        Ok((addr, route))
+    }
+
+    /// The `session.started` event, carrying the resume token (the only time it is shown).
+    fn started_event(&mut self) -> ServerEvent {
+        let window_s = self.config.limits.resume_window_s;
+        ServerEvent::SessionStarted {
+            session_id: self.id,
+            input: self.params.input,
+            pipeline: PipelineFormat::with_delay(self.pipeline.resampler_delay_ms),
+            vad: self.params.vad,
+            limits: self.limits_info(),
+            resume: self
+                .token
+                .take()
+                .map(|token| ResumeInfo { token, window_s }),
         }
     }
 
-    /// Caps this session's lifetime below `registry.session_ttl_s` (a token's claim).
-    pub fn with_ttl_s(mut self, ttl_s: Option<u64>) -> Self {
-        self.ttl_s = ttl_s;
-        self
+    /// Sequences `event`, keeps it for replay and sends it to the attached connection. A
+    /// detached session whose outbox overflows ends (`resume_buffer_overflow`).
+    fn deliver(&mut self, ctx: &mut Context<Self>, event: &ServerEvent) {
+        if self.ended.is_some() {
+            return;
+        }
+        let (seq, text) = self.outbox.sequence(event);
+        // Kept before it is sent: sending may detach a slow reader and sequence an error
+        // after it, which must follow it in the outbox too.
+        let attached = self.attached.is_some();
+        if seq > 0 && self.outbox.keep(seq, text.clone(), attached).is_err() {
+            self.span.in_scope(|| {
+                warn!(
+                    bytes = self.outbox.bytes(),
+                    "detached session's events overflowed resume_buffer_bytes; ending it"
+                )
+            });
+            return self.end(ctx, EndReason::ResumeBufferOverflow);
+        }
+        self.send_text(ctx, text);
     }
 
-    /// The session's live counters; the server wraps the response body in an
-    /// [`OutgoingMeter`] over them before the actor starts.
-    pub fn counters(&self) -> Arc<SessionCounters> {
-        self.counters.clone()
-    }
-
-    /// Queues an event regardless of the outgoing bound: for what a client must get
-    /// (`session.started`, fatal errors, `session.closed`).
-    fn send_event(&self, ctx: &mut ws::WebsocketContext<Self>, event: &ServerEvent) {
-        let text = event.to_json();
-        self.metrics
-            .frame(Direction::Out, FrameKind::Text, text.len());
+    /// Hands a sequenced message to the attached connection, counting it as unread until
+    /// the socket takes it.
+    fn send_text(&mut self, ctx: &mut Context<Self>, text: Arc<str>) {
+        let Some(conn) = &self.attached else {
+            return;
+        };
+        let len = text.len();
         self.counters.events_sent.fetch_add(1, Relaxed);
-        self.counters
-            .bytes_out
-            .fetch_add(text.len() as u64, Relaxed);
-        self.counters
-            .outgoing_bytes
-            .fetch_add(frame_len(text.len()), Relaxed);
-        ctx.text(text);
+        self.counters.bytes_out.fetch_add(len as u64, Relaxed);
+        self.metrics
+            .frame(crate::metrics::Direction::Out, crate::metrics::FrameKind::Text, len);
+        conn.outgoing.fetch_add(frame_len(len), Relaxed);
+        conn.to_client.do_send(ToClient::Text(text));
+        self.check_reader(ctx);
     }
 
-    /// Queues an event if the client is keeping up. `level` events are dropped (counted)
-    /// while the outgoing queue is over its bound; others are queued until the client
-    /// counts as a slow consumer.
-    fn deliver(&mut self, ctx: &mut ws::WebsocketContext<Self>, event: &ServerEvent) {
-        let droppable = matches!(event, ServerEvent::Level { .. });
-        if self.outgoing_room(ctx, droppable) {
-            self.send_event(ctx, event);
-        }
-    }
-
-    /// Whether one more frame may be queued. Over `max_outgoing_bytes` droppable frames are
-    /// refused and counted; at twice it, or after `slow_consumer_timeout_s` over it, the
-    /// session ends with `slow_consumer`.
-    fn outgoing_room(&mut self, ctx: &mut ws::WebsocketContext<Self>, droppable: bool) -> bool {
-        if self.done {
-            return false;
-        }
+    /// Whether the attached client is reading. Over `max_outgoing_bytes` unread for
+    /// `slow_consumer_timeout_s`, or at twice it, the client is a slow consumer: with resume
+    /// on, its connection is closed and the session detaches (the events wait in the
+    /// outbox); with resume off the session ends 1008 `slow_consumer`.
+    fn check_reader(&mut self, ctx: &mut Context<Self>) {
+        let Some(conn) = &self.attached else {
+            return;
+        };
         let limits = &self.config.limits;
         let max = limits.max_outgoing_bytes;
-        let queued = self.counters.outgoing_bytes.load(Relaxed);
+        let queued = conn.outgoing.load(Relaxed);
+        self.counters.outgoing_bytes.store(queued, Relaxed);
         if queued <= max {
             self.over_since = None;
-            return true;
+            return;
         }
         let since = *self.over_since.get_or_insert_with(Instant::now);
         let timeout = Duration::from_secs(limits.slow_consumer_timeout_s);
-        if queued > 2 * max || since.elapsed() >= timeout {
-            self.span.in_scope(|| {
-                warn!(
-                    queued,
-                    max,
-                    over_ms = since.elapsed().as_millis() as u64,
-                    "client is not reading its events"
-                )
-            });
-            self.report(ctx, SessionError::SlowConsumer { max_bytes: max });
-            return false;
+        if queued <= 2 * max && since.elapsed() < timeout {
+            return;
         }
-        if droppable {
-            self.counters.outgoing_dropped.fetch_add(1, Relaxed);
-            self.metrics.outgoing_dropped.inc();
-            return false;
+        self.over_since = None;
+        self.span.in_scope(|| {
+            warn!(
+                queued,
+                max,
+                over_ms = since.elapsed().as_millis() as u64,
+                "client is not reading its events"
+            )
+        });
+        self.metrics.slow_consumers.inc();
+        if self.token_hash.is_none() || self.closing.is_some() {
+            return self.report(ctx, SessionError::SlowConsumer { max_bytes: max });
         }
-        true
+        self.let_go(ctx, close_code::POLICY, Some("slow_consumer"));
+        self.detach(ctx);
+        // Told on resume, in order with the rest.
+        self.deliver(
+            ctx,
+            &error_event(&SessionError::SlowConsumer { max_bytes: max }, false),
+        );
+    }
+
+    /// Whether a droppable frame (returned audio) may be queued for the client now.
+    fn room_for_droppable(&self) -> bool {
+        self.attached.as_ref().is_some_and(|conn| {
+            conn.outgoing.load(Relaxed) <= self.config.limits.max_outgoing_bytes
+        })
     }
 
     /// Sends an error event, logging it under a fresh correlation id. Fatal errors end the
     /// session with the error's close code, without waiting for the pipeline.
-    fn report(&mut self, ctx: &mut ws::WebsocketContext<Self>, error: SessionError) {
-        let correlation_id = Uuid::new_v4();
+    fn report(&mut self, ctx: &mut Context<Self>, error: SessionError) {
         let close = error.close_code();
-        self.span.in_scope(|| {
-            if close.is_some() {
-                warn!(%correlation_id, code = error.code(), "{error}");
-            } else {
-                info!(%correlation_id, code = error.code(), "{error}");
-            }
-        });
+        let event = error_event(&error, close.is_some());
+        if let ServerEvent::Error { correlation_id, .. } = &event {
+            self.span.in_scope(|| {
+                if close.is_some() {
+                    warn!(%correlation_id, code = error.code(), "{error}");
+                } else {
+                    info!(%correlation_id, code = error.code(), "{error}");
+                }
+            });
+        }
         if let Ok(mut last) = self.counters.last_error.lock() {
             *last = Some(error.code());
         }
-        let seq = match error {
-            SessionError::AudioDropped { seq } => Some(seq),
-            _ => None,
-        };
-        let event = ServerEvent::Error {
-            code: error.code(),
-            message: error.to_string(),
-            correlation_id,
-            fatal: close.is_some(),
-            seq,
-        };
-        match close {
-            Some(code) => {
-                self.send_event(ctx, &event);
-                self.finish(ctx, CloseReason::Error, code);
-            }
-            None => self.deliver(ctx, &event),
+        self.deliver(ctx, &event);
+        if let Some(code) = close {
+            self.finish(ctx, error.close_reason(), code);
         }
     }
 
-    /// Sends `session.closed` and closes with `code`.
-    fn finish(&mut self, ctx: &mut ws::WebsocketContext<Self>, reason: CloseReason, code: u16) {
-        if self.done {
+    /// Sends `session.closed`, closes the connection with `code` and ends the session.
+    fn finish(&mut self, ctx: &mut Context<Self>, reason: CloseReason, code: u16) {
+        if self.ended.is_some() {
             return;
         }
-        self.done = true;
         self.closing = Some(reason);
-        self.end_reason = reason.as_str();
         let stats = self.counters.stats();
-        self.send_event(ctx, &ServerEvent::SessionClosed { reason, stats });
-        self.metrics.frame(Direction::Out, FrameKind::Close, 2);
-        ctx.close(Some(ws::CloseReason {
-            code: ws::CloseCode::from(code),
-            description: None,
-        }));
+        self.deliver(ctx, &ServerEvent::SessionClosed { reason, stats });
+        self.metrics
+            .frame(crate::metrics::Direction::Out, crate::metrics::FrameKind::Close, 2);
+        self.let_go(ctx, code, None);
         self.span
             .in_scope(|| info!(?reason, code, ?stats, "session closed"));
+        self.end(ctx, EndReason::Closed(reason));
+    }
+
+    /// Ends the session for good: nothing more is sent, and `stopped` unregisters it.
+    fn end(&mut self, ctx: &mut Context<Self>, reason: EndReason) {
+        if self.ended.is_some() {
+            return;
+        }
+        self.ended = Some(reason);
+        self.intake.close();
+        if let Some(conn) = self.attached.take() {
+            conn.to_client.do_send(ToClient::Close {
+                code: close_code::INTERNAL,
+                description: None,
+            });
+        }
+        if !matches!(reason, EndReason::Closed(_)) {
+            self.span
+                .in_scope(|| info!(reason = reason.as_str(), "session ended"));
+        }
         ctx.stop();
     }
 
     /// Begins an orderly end: flush, then `session.closed` once the pipeline has drained.
     /// A pipeline that cannot drain within the heartbeat timeout is closed anyway.
-    fn begin_close(&mut self, ctx: &mut ws::WebsocketContext<Self>, reason: CloseReason) {
-        if self.closing.is_some() {
+    fn begin_close(&mut self, ctx: &mut Context<Self>, reason: CloseReason) {
+        if self.closing.is_some() || self.ended.is_some() {
             return;
         }
-        if self.pipeline.is_none() {
-            return self.finish(ctx, reason, reason.close_code());
-        }
         self.closing = Some(reason);
+        self.intake.close();
         self.flush(ctx, FlushKind::Closing);
         let deadline = Duration::from_secs(self.config.limits.heartbeat_timeout_s);
         ctx.run_later(deadline, move |act, ctx| {
@@ -296,24 +366,17 @@ impl Session {
         });
     }
 
-    fn flush(&mut self, ctx: &mut ws::WebsocketContext<Self>, kind: FlushKind) {
-        let Some(pipeline) = &self.pipeline else {
-            return;
-        };
+    fn flush(&mut self, ctx: &mut Context<Self>, kind: FlushKind) {
         self.flushes.push_back(kind);
-        let resampler = pipeline.resampler.clone();
-        pipeline.resampler_probe.queued();
-        match resampler.try_send(Flush) {
-            Ok(()) => {}
-            // Control is never dropped: wait for room, reading nothing meanwhile.
-            Err(SendError::Full(msg)) => {
-                ctx.wait(resampler.send(msg).into_actor(self).map(|res, act, ctx| {
-                    if res.is_err() {
-                        act.report(ctx, SessionError::Internal);
-                    }
-                }))
-            }
-            Err(SendError::Closed(_)) => self.report(ctx, SessionError::Internal),
+        // Control is never dropped: the session waits for room, handling nothing meanwhile.
+        match self.pipeline.resampler.offer(Flush, BackpressurePolicy::Block) {
+            Offer::Queued => {}
+            Offer::Wait(room) => ctx.wait(room.into_actor(self).map(|res, act, ctx| {
+                if res.is_err() {
+                    act.report(ctx, SessionError::Internal);
+                }
+            })),
+            Offer::Dropped(_) | Offer::Closed => self.report(ctx, SessionError::Internal),
         }
     }
 
@@ -338,81 +401,68 @@ impl Session {
             max_outgoing_bytes: c.limits.max_outgoing_bytes,
         }
     }
+}
 
-    /// Pings the client every `heartbeat_interval_s`; drops it when nothing was heard for
-    /// `heartbeat_timeout_s` (a vanished client cannot be told anything).
-    fn heartbeat(&self, ctx: &mut ws::WebsocketContext<Self>) {
-        let every = Duration::from_secs(self.config.limits.heartbeat_interval_s);
-        let timeout = Duration::from_secs(self.config.limits.heartbeat_timeout_s);
-        ctx.run_interval(every, move |act, ctx| {
-            if act.last_heard.elapsed() > timeout {
-                act.span.in_scope(
-                    || info!(peer = %act.peer, "client stopped answering heartbeats; dropping it"),
-                );
-                ctx.stop();
-            } else {
-                // A client that stopped reading is caught here even when nothing new is
-                // being sent to it.
-                if act.outgoing_room(ctx, false) {
-                    ctx.ping(b"");
-                }
-            }
-        });
+/// An error event under a fresh correlation id.
+fn error_event(error: &SessionError, fatal: bool) -> ServerEvent {
+    ServerEvent::Error {
+        code: error.code(),
+        message: error.to_string(),
+        correlation_id: Uuid::new_v4(),
+        fatal,
+        seq: match error {
+            SessionError::AudioDropped { seq } => Some(*seq),
+            _ => None,
+        },
     }
 }
 
-impl Actor for Session {
-    type Context = ws::WebsocketContext<Self>;
+/// Encoded size of an unmasked server frame with `payload` bytes (RFC 6455 section 5.2).
+pub const fn frame_len(payload: usize) -> usize {
+    payload
+        + match payload {
+            0..=125 => 2,
+            126..=65_535 => 4,
+            _ => 10,
+        }
+}
 
-    /// Builds the pipeline, registers, and greets the client.
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    /// Registers, and watches the attached client's reading between messages.
     fn started(&mut self, ctx: &mut Self::Context) {
         self.stage.started();
-        let sink = ctx.address().recipient();
-        let pipeline_format;
-        match Pipeline::start(
-            self.id,
-            &self.params,
-            &self.config,
-            &self.catalog,
-            sink,
-            self.counters.clone(),
-            &self.metrics,
-        ) {
-            Ok(pipeline) => {
-                pipeline_format = PipelineFormat::with_delay(pipeline.resampler_delay_ms);
-                self.pipeline = Some(pipeline);
-            }
-            Err(e) => {
-                self.span
-                    .in_scope(|| warn!(error = %e, "pipeline could not start"));
-                return self.report(ctx, SessionError::Internal);
-            }
-        }
-        self.registry.do_send(Register {
+        let addr = ctx.address();
+        self.register.do_send(Register {
             id: self.id,
-            session: ctx.address().recipient(),
+            expire: addr.clone().recipient(),
+            route: route_of(&addr),
             counters: self.counters.clone(),
             input: self.params.input,
             ttl_s: self.ttl_s,
         });
         self.span
-            .in_scope(|| info!(peer = %self.peer, input = ?self.params.input, "session started"));
-        let started = ServerEvent::SessionStarted {
-            session_id: self.id,
-            input: self.params.input,
-            pipeline: pipeline_format,
-            vad: self.params.vad,
-            limits: self.limits_info(),
-        };
-        self.send_event(ctx, &started);
-        self.heartbeat(ctx);
+            .in_scope(|| info!(input = ?self.params.input, "session started"));
+        // A client that stopped reading is caught even when nothing new is being sent.
+        let every = Duration::from_secs(self.config.limits.heartbeat_interval_s);
+        ctx.run_interval(every, |act, ctx| act.check_reader(ctx));
+        // A connection that never attaches (its upgrade failed after admission) must not
+        // leave the session running.
+        let handshake = Duration::from_secs(self.config.registry.handshake_timeout_s);
+        ctx.run_later(handshake, |act, ctx| {
+            if !act.ever_attached {
+                act.end(ctx, EndReason::HandshakeTimeout);
+            }
+        });
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.stage.stopped(0);
-        self.registry.do_send(Unregister {
+        let reason = self.ended.unwrap_or(EndReason::ConnectionLost);
+        self.unregister.do_send(Unregister {
             id: self.id,
-            reason: self.end_reason,
+            reason,
         });
     }
 }
@@ -423,5 +473,42 @@ impl Handler<Expire> for Session {
     /// Ends the session for the registry's reason, after flushing.
     fn handle(&mut self, msg: Expire, ctx: &mut Self::Context) {
         self.begin_close(ctx, msg.reason);
+    }
+}
+
+impl Handler<FromClient> for Session {
+    type Result = ();
+
+    /// Answers a client's control message, or reports what it sent wrong.
+    fn handle(&mut self, msg: FromClient, ctx: &mut Self::Context) {
+        let began = Instant::now();
+        match msg {
+            FromClient::Ping { id } => {
+                self.counters.touch();
+                self.deliver(ctx, &ServerEvent::Pong { id });
+            }
+            FromClient::Flush => {
+                if self.closing.is_none() {
+                    self.flush(ctx, FlushKind::Requested);
+                }
+            }
+            FromClient::Stop => self.begin_close(ctx, CloseReason::ClientStop),
+            FromClient::Error(error) => self.report(ctx, error),
+        }
+        self.stage.handled(began.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_len;
+
+    #[test]
+    fn frame_lengths_follow_the_header_sizes() {
+        assert_eq!(frame_len(0), 2);
+        assert_eq!(frame_len(125), 127);
+        assert_eq!(frame_len(126), 130);
+        assert_eq!(frame_len(65_535), 65_539);
+        assert_eq!(frame_len(65_536), 65_546);
     }
 }

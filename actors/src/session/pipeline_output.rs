@@ -1,54 +1,19 @@
-//! What the pipeline sends back to its session, and how the session turns it into frames
-//! for the client.
+//! What the pipeline sends back to its session, turned into messages for the client.
 
-use super::{frame_len, FlushKind, Session};
+use super::{FlushKind, Session, ToClient};
 use crate::error::SessionError;
 use crate::metrics::{Direction, FrameKind};
+use crate::pipeline::PipelineOutput;
 use crate::protocol::ServerEvent;
 use actix::prelude::*;
-use actix_web_actors::ws;
 use bytes::Bytes;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// What the pipeline sends back to its session. Delivered with `do_send`: the volume is
-/// bounded by the session's own audio in flight (the mailboxes upstream), not by this queue.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub enum PipelineOutput {
-    /// Events from processors, in order.
-    Events {
-        /// The events.
-        events: Vec<crate::protocol::ServerEvent>,
-        /// When the chunk that caused them was received (`None` for flush-time events).
-        received: Option<Instant>,
-    },
-    /// Pipeline audio for `return_audio` (16 kHz mono).
-    Audio(Arc<[f32]>),
-    /// Everything before the last `Flush` went through; every event of it precedes this.
-    Flushed {
-        /// Audio through the pipeline so far, ms.
-        audio_ms: u64,
-    },
-    /// A stage failed; the session cannot go on.
-    Failed,
-    /// A processor panicked and its supervisor restarted it with fresh state.
-    ProcessorRestarted {
-        /// The processor's name.
-        processor: String,
-    },
-    /// A processor exceeded `supervision.max_restarts`; its stage has stopped.
-    ProcessorFailed {
-        /// The processor's name.
-        processor: String,
-    },
-}
 
 impl Handler<PipelineOutput> for Session {
     type Result = ();
 
-    /// Turns pipeline output into frames for the client.
+    /// Turns pipeline output into messages for the client.
     fn handle(&mut self, msg: PipelineOutput, ctx: &mut Self::Context) {
         match msg {
             PipelineOutput::Events { events, received } => {
@@ -62,17 +27,23 @@ impl Handler<PipelineOutput> for Session {
                 }
             }
             PipelineOutput::Audio(samples) => {
-                if !self.outgoing_room(ctx, true) {
+                // Returned audio is not sequenced or kept: dropped (counted) when the
+                // client is not keeping up or not attached.
+                if !self.room_for_droppable() {
+                    self.counters.outgoing_dropped.fetch_add(1, Relaxed);
+                    self.metrics.outgoing_dropped.inc();
                     return;
                 }
+                let Some(conn) = &self.attached else {
+                    return;
+                };
                 let pcm = to_s16le(&samples);
-                self.counters
-                    .outgoing_bytes
-                    .fetch_add(frame_len(pcm.len()), Relaxed);
+                conn.outgoing
+                    .fetch_add(super::frame_len(pcm.len()), Relaxed);
                 self.metrics
                     .frame(Direction::Out, FrameKind::Binary, pcm.len());
                 self.counters.bytes_out.fetch_add(pcm.len() as u64, Relaxed);
-                ctx.binary(pcm);
+                conn.to_client.do_send(ToClient::Binary(pcm));
             }
             PipelineOutput::Flushed { audio_ms } => {
                 if self.flushes.pop_front() == Some(FlushKind::Requested) {
@@ -94,7 +65,7 @@ impl Handler<PipelineOutput> for Session {
 impl Session {
     /// The session is its stages' supervisor for the intensity limit: more than
     /// `max_restarts` processor restarts within `period_s` end the session.
-    fn on_restart(&mut self, ctx: &mut ws::WebsocketContext<Self>, processor: String) {
+    fn on_restart(&mut self, ctx: &mut Context<Self>, processor: String) {
         let limits = self.config.supervision;
         let now = Instant::now();
         let period = Duration::from_secs(limits.period_s);

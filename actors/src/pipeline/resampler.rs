@@ -1,55 +1,22 @@
 //! The Resampler actor: first pipeline stage of a session. Decodes client PCM, downmixes,
 //! resamples to 16 kHz and fans blocks out to the processor stages.
 
-use crate::audio::{decode_to_mono, InputFormat, StreamResampler};
+use super::messages::{AudioChunk, Flush, FlushStage, PipelineOutput};
+use super::sender::{Offer, StageSender, Waiting};
+use super::stage::ProcessorStage;
+use crate::audio::{
+    decode_to_mono, AudioBlock, InputFormat, StreamResampler, MAX_BLOCK_SAMPLES, PIPELINE_RATE,
+};
 use crate::counters::{SessionCounters, StageProbe};
 use crate::metrics::Metrics;
-use crate::processor::{FlushStage, ProcessorStage};
-use crate::session::PipelineOutput;
+use crate::settings::BackpressurePolicy;
 use actix::prelude::*;
-use bytes::Bytes;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Blocks still to be delivered to full processor mailboxes.
-type Backlog = Pin<Box<dyn Future<Output = Result<(), MailboxError>>>>;
-
-/// Largest block sent to processors, in 16 kHz samples (100 ms). Bounding the block bounds
-/// what each processor mailbox can hold: `(mailbox_capacity + 1) * 6400` bytes.
-pub const MAX_BLOCK_SAMPLES: usize = 1_600;
 /// Client frames decoded per step, so decode buffers stay small whatever the chunk size.
 const DECODE_STEP_FRAMES: usize = 4_096;
-
-/// Pipeline audio: 16 kHz mono, shared by every processor stage.
-#[derive(Debug, Clone, Message)]
-#[rtype(result = "()")]
-pub struct AudioBlock {
-    /// Samples, nominally in -1.0..=1.0.
-    pub samples: Arc<[f32]>,
-    /// Pipeline sample index of `samples[0]` (divide by 16 for ms).
-    pub start: u64,
-    /// When the client chunk this block came from was received (event latency); `None` for
-    /// the filter tail emitted at flush.
-    pub received: Option<Instant>,
-}
-
-/// One binary frame of client audio, already checked to hold whole sample frames.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct AudioChunk {
-    /// Interleaved PCM in the session's input format.
-    pub data: Bytes,
-    /// When the session received it.
-    pub received: Instant,
-}
-
-/// Pump the filter tail, flush every processor, then tell the session `Flushed`.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-pub struct Flush;
 
 /// First stage of a session's pipeline. Owns the stream's decode and resampling state.
 pub struct Resampler {
@@ -57,14 +24,12 @@ pub struct Resampler {
     dsp: StreamResampler,
     mono: Vec<f32>,
     out: Vec<f32>,
-    processors: Vec<Addr<ProcessorStage>>,
+    processors: Vec<StageSender<ProcessorStage>>,
     sink: Recipient<PipelineOutput>,
     return_audio: bool,
     counters: Arc<SessionCounters>,
     mailbox_capacity: usize,
     probe: StageProbe,
-    /// One per entry of `processors`.
-    processor_probes: Vec<StageProbe>,
     metrics: Arc<Metrics>,
 }
 
@@ -72,20 +37,18 @@ pub struct Resampler {
 #[derive(Debug)]
 pub struct Downstream {
     /// Processor stages, in order; each gets every block.
-    pub processors: Vec<Addr<ProcessorStage>>,
+    pub processors: Vec<StageSender<ProcessorStage>>,
     /// The session: events, `Flushed`, and pipeline audio when `return_audio` is set.
     pub sink: Recipient<PipelineOutput>,
     /// Send pipeline audio back to the client.
     pub return_audio: bool,
 }
 
-/// How a resampler reports on itself and its downstream stages.
+/// How a resampler reports on itself.
 #[derive(Debug, Clone)]
 pub struct ResamplerProbes {
     /// This stage.
     pub own: StageProbe,
-    /// Each processor stage, in order.
-    pub processors: Vec<StageProbe>,
     /// Server-wide metrics.
     pub metrics: Arc<Metrics>,
 }
@@ -107,7 +70,6 @@ impl Resampler {
         } = downstream;
         Self {
             probe: probes.own,
-            processor_probes: probes.processors,
             metrics: probes.metrics,
             format,
             dsp,
@@ -141,7 +103,7 @@ impl Resampler {
                 .store(start + samples.len() as u64, Relaxed);
             self.metrics
                 .audio_seconds
-                .inc_by(samples.len() as f64 / f64::from(crate::audio::PIPELINE_RATE));
+                .inc_by(samples.len() as f64 / f64::from(PIPELINE_RATE));
             blocks.push(AudioBlock {
                 samples,
                 start,
@@ -155,8 +117,8 @@ impl Resampler {
     /// Hands blocks to every processor in order. Blocks that do not fit a full mailbox are
     /// returned as a future sending the rest; the caller makes the actor wait on it, so
     /// nothing else is handled until they are in: that is how backpressure reaches the
-    /// session. `Err` means a processor stage is gone.
-    fn forward(&mut self, blocks: Vec<AudioBlock>) -> Result<Option<Backlog>, MailboxError> {
+    /// connection. `Err` means a processor stage is gone.
+    fn forward(&mut self, blocks: Vec<AudioBlock>) -> Result<Option<Waiting>, MailboxError> {
         if self.return_audio {
             for b in &blocks {
                 // Bounded by construction: the session's own chunks in flight (see
@@ -164,39 +126,37 @@ impl Resampler {
                 self.sink.do_send(PipelineOutput::Audio(b.samples.clone()));
             }
         }
-        let mut backlog: Vec<(Addr<ProcessorStage>, Vec<AudioBlock>)> = Vec::new();
-        for (stage, probe) in self.processors.iter().zip(&self.processor_probes) {
-            let mut rest = Vec::new();
-            for block in &blocks {
-                if !rest.is_empty() {
-                    probe.queued();
-                    rest.push(block.clone());
-                    continue;
+        let mut backlog: Vec<Waiting> = Vec::new();
+        for stage in &self.processors {
+            let mut blocks = blocks.iter();
+            let waiting = loop {
+                let Some(block) = blocks.next() else {
+                    break None;
+                };
+                match stage.offer(block.clone(), BackpressurePolicy::Block) {
+                    Offer::Queued => {}
+                    Offer::Wait(first) => break Some(first),
+                    Offer::Dropped(_) | Offer::Closed => return Err(MailboxError::Closed),
                 }
-                match stage.try_send(block.clone()) {
-                    Ok(()) => probe.queued(),
-                    Err(SendError::Full(b)) => {
-                        probe.queued();
-                        rest.push(b);
+            };
+            if let Some(first) = waiting {
+                // The rest follow the first in order, each once there is room.
+                let rest: Vec<AudioBlock> = blocks.cloned().collect();
+                let stage = stage.clone();
+                backlog.push(Box::pin(async move {
+                    first.await?;
+                    for block in rest {
+                        stage.wait_for_room(block).await?;
                     }
-                    Err(SendError::Closed(_)) => return Err(MailboxError::Closed),
-                }
-            }
-            if !rest.is_empty() {
-                backlog.push((stage.clone(), rest));
+                    Ok(())
+                }));
             }
         }
         if backlog.is_empty() {
             return Ok(None);
         }
-        let sends = backlog.into_iter().map(|(stage, rest)| async move {
-            for block in rest {
-                stage.send(block).await?;
-            }
-            Ok::<(), MailboxError>(())
-        });
         Ok(Some(Box::pin(async move {
-            futures_util::future::join_all(sends)
+            futures_util::future::join_all(backlog)
                 .await
                 .into_iter()
                 .collect::<Result<(), MailboxError>>()
@@ -281,13 +241,14 @@ impl Handler<Flush> for Resampler {
         };
         let end_sample = self.counters.pipeline_samples.load(Relaxed);
         let stages = self.processors.clone();
-        self.processor_probes.iter().for_each(StageProbe::queued);
         // One future, so the flush cannot overtake blocks still waiting for mailbox room.
         let flush_all = async move {
             if let Some(backlog) = backlog {
                 backlog.await?;
             }
-            let flushes = stages.iter().map(|s| s.send(FlushStage { end_sample }));
+            let flushes = stages
+                .iter()
+                .map(|s| s.wait_for_room(FlushStage { end_sample }));
             futures_util::future::join_all(flushes)
                 .await
                 .into_iter()

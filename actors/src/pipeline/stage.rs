@@ -9,11 +9,11 @@
 //! `period_s` and it closes with 1011 `processor_failed`. Other sessions' stages are
 //! separate actors and never notice.
 
+use super::messages::{FlushStage, PipelineOutput};
+use crate::audio::AudioBlock;
 use crate::counters::StageProbe;
 use crate::processors::{Processor, ProcessorContext, ProcessorFactory};
 use crate::protocol::ServerEvent;
-use crate::resampler::AudioBlock;
-use crate::session::PipelineOutput;
 use actix::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
@@ -148,15 +148,6 @@ impl Handler<AudioBlock> for ProcessorStage {
         self.probe.handled(began.elapsed());
         self.deliver(events, block.received);
     }
-}
-
-/// Everything up to `end_sample` was delivered: close what is open. Answered once the
-/// resulting events are queued to the session, so they precede the `flushed` event.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "()")]
-pub struct FlushStage {
-    /// Pipeline sample index where the flushed audio ends.
-    pub end_sample: u64,
 }
 
 impl Handler<FlushStage> for ProcessorStage {

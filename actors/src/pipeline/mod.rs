@@ -1,17 +1,34 @@
-//! Building a session's pipeline: resampler -> processor stages.
+//! A session's pipeline: resampler -> processor stages, each an actor with a bounded
+//! mailbox.
 //!
-//! The pipeline is separate from the connection that feeds it: it talks to the connection
-//! only through the `sink` recipient it is built with and the [`Pipeline`] handle, which is
-//! what a future session-resume feature needs to re-attach a new connection.
+//! # Layout
+//! - [`messages`]: what goes in (audio chunks, flushes) and what comes out (events).
+//! - [`sender`]: the bounded send under the backpressure policy, used at every hop.
+//! - [`resampler`]: the first stage: decode, downmix, resample to 16 kHz, fan out.
+//! - [`stage`]: the stage that runs one processor and restarts it after a panic.
+//!
+//! The pipeline knows nothing of connections or sessions: it takes audio from whoever holds
+//! the [`Pipeline`] handle and sends its output to the `sink` recipient it is built with.
+//! That is what lets a session outlive its connection and a new one feed the same pipeline.
 
+pub mod messages;
+pub mod resampler;
+pub mod sender;
+pub mod stage;
+
+pub use messages::{AudioChunk, Flush, FlushStage, PipelineOutput};
+pub use resampler::Resampler;
+pub use sender::{Offer, StageSender, Waiting};
+pub use stage::ProcessorStage;
+
+use self::resampler::{Downstream, ResamplerProbes};
+use self::stage::Restart;
 use crate::audio::StreamResampler;
 use crate::counters::{SessionCounters, StageProbe};
 use crate::metrics::Metrics;
-use crate::processor::{ProcessorStage, Restart};
 use crate::processors::{ProcessorCatalog, ProcessorContext};
 use crate::protocol::StreamParams;
-use crate::resampler::{Downstream, Resampler, ResamplerProbes};
-use crate::session::{PipelineOutput, SessionConfig};
+use crate::settings::SessionConfig;
 use actix::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -37,13 +54,12 @@ pub enum PipelineError {
     },
 }
 
-/// Handle to a running pipeline; dropping it stops the stages once their queues drain.
+/// Handle to a running pipeline; dropping every clone stops the stages once their queues
+/// drain.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
     /// The first stage: where audio and flushes go.
-    pub resampler: Addr<Resampler>,
-    /// Counts what is queued to the resampler.
-    pub resampler_probe: StageProbe,
+    pub resampler: StageSender<Resampler>,
     /// The resampler's filter delay, ms (announced in `session.started`).
     pub resampler_delay_ms: f64,
 }
@@ -67,7 +83,6 @@ impl Pipeline {
             level: config.level,
         };
         let mut stages = Vec::with_capacity(config.pipeline.processors.len());
-        let mut probes = Vec::with_capacity(stages.capacity());
         for (i, name) in config.pipeline.processors.iter().enumerate() {
             let factory = catalog
                 .factory(name)
@@ -75,21 +90,19 @@ impl Pipeline {
             let processor = catch_unwind(AssertUnwindSafe(|| factory(&ctx)))
                 .map_err(|_| PipelineError::ProcessorPanicked(name.clone()))?;
             let probe = StageProbe::new(metrics.stage(name, capacity), counters.clone(), i + 1);
-            stages.push(
-                ProcessorStage::new(
-                    name.clone(),
-                    processor,
-                    sink.clone(),
-                    capacity,
-                    probe.clone(),
-                    Restart {
-                        factory,
-                        context: ctx.clone(),
-                    },
-                )
-                .start_bounded(),
-            );
-            probes.push(probe);
+            let stage = ProcessorStage::new(
+                name.clone(),
+                processor,
+                sink.clone(),
+                capacity,
+                probe.clone(),
+                Restart {
+                    factory,
+                    context: ctx.clone(),
+                },
+            )
+            .start_bounded();
+            stages.push(StageSender::new(stage, probe));
         }
         let resampler_probe =
             StageProbe::new(metrics.stage("resampler", capacity), counters.clone(), 0);
@@ -109,14 +122,12 @@ impl Pipeline {
             capacity,
             ResamplerProbes {
                 own: resampler_probe.clone(),
-                processors: probes,
                 metrics: metrics.clone(),
             },
         )
         .start_bounded();
         Ok(Pipeline {
-            resampler,
-            resampler_probe,
+            resampler: StageSender::new(resampler, resampler_probe),
             resampler_delay_ms,
         })
     }

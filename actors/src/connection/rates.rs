@@ -100,6 +100,8 @@ mod tests {
             realtime_burst_s: burst_s,
             max_outgoing_bytes: 1 << 18,
             slow_consumer_timeout_s: 10,
+            resume_window_s: 30,
+            resume_buffer_bytes: 1 << 17,
         }
     }
 
