@@ -130,7 +130,6 @@ impl Connection {
         }
         let counters = attached.counters.clone();
         counters.touch();
-        counters.chunks_in.fetch_add(1, Relaxed);
         let len = data.len();
         let inflight = counters.inflight_bytes.load(Relaxed);
         // Over the byte bound counts as full, unless nothing is in flight (one frame of up
@@ -143,7 +142,11 @@ impl Connection {
             received: self.last_heard,
         };
         let resampler = &attached.pipeline.resampler;
+        let inflight = &counters.inflight_bytes;
         let taken = attached.intake.admit(self.id, frames, || {
+            // Counted before the send: the resampler may handle the chunk (and subtract)
+            // before this returns.
+            inflight.fetch_add(len, Relaxed);
             let offer = match (over, policy) {
                 (true, BackpressurePolicy::Block) => Offer::Wait(resampler.wait_for_room(chunk)),
                 (true, BackpressurePolicy::DropNewest) => Offer::Dropped(chunk),
@@ -152,28 +155,32 @@ impl Connection {
             match offer {
                 Offer::Queued => (true, Taken::Queued),
                 Offer::Wait(room) => (true, Taken::Wait(room)),
-                Offer::Dropped(_) => (true, Taken::Dropped),
-                Offer::Closed => (false, Taken::Closed),
+                Offer::Dropped(_) => {
+                    inflight.fetch_sub(len, Relaxed);
+                    (true, Taken::Dropped)
+                }
+                Offer::Closed => {
+                    inflight.fetch_sub(len, Relaxed);
+                    (false, Taken::Closed)
+                }
             }
         });
+        if matches!(taken, Some(Taken::Queued | Taken::Wait(_) | Taken::Dropped)) {
+            counters.chunks_in.fetch_add(1, Relaxed);
+        }
         match taken {
             // The session let this connection go (a resume took over, or it is closing).
             None => {}
-            Some(Taken::Queued) => {
-                counters.inflight_bytes.fetch_add(len, Relaxed);
-            }
+            Some(Taken::Queued) => {}
             Some(Taken::Wait(room)) => {
-                counters.inflight_bytes.fetch_add(len, Relaxed);
-                // Spawned rather than owned by this actor: the chunk is counted on the
-                // timeline, so it must arrive even if the connection ends meanwhile.
-                let delivered = actix::spawn(room);
-                // Reading stops until the pipeline took this chunk: TCP pushes back.
-                ctx.wait(delivered.into_actor(self).map(move |res, act, ctx| {
+                // The chunk is already in the resampler's mailbox (see `wait_for_room`):
+                // reading stops until the resampler has handled it. TCP pushes back.
+                ctx.wait(room.into_actor(self).map(move |res, act, ctx| {
                     // We were not reading, so silence from the client meanwhile is ours,
                     // and a session held back by its own pipeline is not idle.
                     act.last_heard = Instant::now();
                     counters.touch();
-                    if !matches!(res, Ok(Ok(()))) {
+                    if res.is_err() {
                         act.tell_session(ctx, FromClient::Error(SessionError::Internal));
                     }
                 }));

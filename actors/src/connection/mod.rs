@@ -160,7 +160,9 @@ impl Connection {
         match self.route.from_client.try_send(msg) {
             Ok(()) => {}
             Err(SendError::Full(msg)) => {
-                let send = self.route.from_client.send(msg);
+                // A fresh handle: actix's `send` on the handle whose `try_send` just found
+                // the mailbox full returns a future that is never woken again.
+                let send = self.route.from_client.clone().send(msg);
                 ctx.wait(send.into_actor(self).map(|res, act, ctx| {
                     if res.is_err() {
                         act.session_gone(ctx);
