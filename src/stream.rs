@@ -168,6 +168,11 @@ fn start_session(
         identity,
     } = admitted;
     let limits = &current.settings.session;
+    let max_frame = limits
+        .max_binary_frame_bytes
+        .max(limits.max_text_frame_bytes);
+    // Larger frames are refused at their header, before anything buffers them.
+    let paced = FramePacedPayload::new(payload).max_payload(max_frame);
     let session = Session::new(
         id,
         peer,
@@ -177,17 +182,13 @@ fn start_session(
         state.registry.clone(),
         state.metrics.clone(),
     )
-    .with_ttl_s(identity.session_ttl_s);
+    .with_ttl_s(identity.session_ttl_s)
+    .with_wire_report(paced.report());
     let counters = session.counters();
-    let codec = actix_http::ws::Codec::new().max_size(
-        limits
-            .max_binary_frame_bytes
-            .max(limits.max_text_frame_bytes),
-    );
+    let codec = actix_http::ws::Codec::new().max_size(max_frame);
     match ws::handshake(&req) {
         Ok(mut response) => {
-            let body =
-                ws::WebsocketContext::with_codec(session, FramePacedPayload::new(payload), codec);
+            let body = ws::WebsocketContext::with_codec(session, paced, codec);
             response.streaming(OutgoingMeter::new(body, counters))
         }
         Err(e) => {

@@ -9,7 +9,9 @@
 //! - [`processors`]: the `Processor` trait, the catalog, and the built-ins `level` and `vad`.
 //! - [`audio`]: formats and the streaming resampler (plain DSP, no actors).
 //! - [`protocol`]: protocol v1 wire types; [`error`]: errors with stable client codes.
-//! - [`intake`]: paces WebSocket bytes into actix's decoder so it buffers at most a frame.
+//! - [`intake`]: paces WebSocket bytes into actix's decoder so it buffers at most a frame,
+//!   and names the protocol violations actix reports only as I/O errors.
+//! - [`fragments`]: reassembles fragmented WebSocket messages, bounded by the frame limits.
 //! - [`metrics`]: Prometheus metrics and per-stage statistics shared by every actor.
 //! - [`settings`]: the tunables the server's config feeds in; [`counters`]: shared counters.
 //!
@@ -20,6 +22,7 @@
 pub mod audio;
 pub mod counters;
 pub mod error;
+pub mod fragments;
 pub mod intake;
 pub mod metrics;
 pub mod pipeline;

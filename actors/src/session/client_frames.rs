@@ -1,14 +1,17 @@
-//! Frames from the client: each is counted, then dispatched by kind. Audio goes into the
-//! pipeline under the backpressure policy; text is a control message; protocol errors and a
-//! broken connection end the session.
+//! Frames from the client: each is counted, fragments are joined into messages, and each
+//! whole message is dispatched by kind. Audio goes into the pipeline under the backpressure
+//! policy; text is a control message; protocol errors and a broken connection end the session.
 
 use super::{FlushKind, Session};
 use crate::error::SessionError;
+use crate::fragments::{Complete, MessageKind};
+use crate::intake::{classify, DecodeFault};
 use crate::metrics::{Direction, FrameKind};
 use crate::protocol::{check_audio_frame, ClientMessage, CloseReason, ServerEvent};
 use crate::resampler::AudioChunk;
 use crate::settings::BackpressurePolicy;
 use actix::prelude::*;
+use actix_http::ws::Item;
 use actix_web_actors::ws;
 use bytes::Bytes;
 use std::sync::atomic::Ordering::Relaxed;
@@ -16,23 +19,26 @@ use std::time::Instant;
 use tracing::info;
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
-    /// Dispatches every frame kind; protocol errors end the session.
+    /// Counts every frame, joins fragments into messages and dispatches each whole message;
+    /// protocol errors end the session.
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        if self.done {
+            // `session.closed` is out: nothing the client sends matters any more.
+            return;
+        }
         let began = Instant::now();
         self.last_heard = began;
-        if let Ok(frame) = &msg {
-            let (kind, len) = match frame {
-                ws::Message::Binary(b) => (FrameKind::Binary, b.len()),
-                ws::Message::Text(t) => (FrameKind::Text, t.len()),
-                ws::Message::Ping(p) => (FrameKind::Ping, p.len()),
-                ws::Message::Pong(p) => (FrameKind::Pong, p.len()),
-                ws::Message::Close(_) => (FrameKind::Close, 0),
-                ws::Message::Continuation(_) | ws::Message::Nop => (FrameKind::Binary, 0),
-            };
-            self.metrics.frame(Direction::In, kind, len);
-            self.counters.bytes_in.fetch_add(len as u64, Relaxed);
+        match msg {
+            Ok(frame) => {
+                self.count_in(&frame);
+                match self.assembler.push(frame) {
+                    Ok(Some(message)) => self.dispatch(message, ctx),
+                    Ok(None) => {}
+                    Err(e) => self.report(ctx, e.into()),
+                }
+            }
+            Err(e) => self.on_decode_error(ctx, &e),
         }
-        self.dispatch(msg, ctx);
         self.stage.handled(began.elapsed());
     }
 
@@ -42,23 +48,45 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Session {
 }
 
 impl Session {
-    /// Handles one frame by kind; protocol errors end the session.
-    fn dispatch(
-        &mut self,
-        msg: Result<ws::Message, ws::ProtocolError>,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
-        match msg {
-            Ok(ws::Message::Binary(data)) => self.on_audio(ctx, data),
-            Ok(ws::Message::Text(text)) => self.on_text(ctx, &text),
-            Ok(ws::Message::Ping(payload)) => {
+    /// Frame metrics and `bytes_in`, per frame (a fragment counts as a frame of its
+    /// message's kind).
+    fn count_in(&self, frame: &ws::Message) {
+        let (kind, len) = match frame {
+            ws::Message::Binary(b) => (FrameKind::Binary, b.len()),
+            ws::Message::Text(t) => (FrameKind::Text, t.len()),
+            ws::Message::Ping(p) => (FrameKind::Ping, p.len()),
+            ws::Message::Pong(p) => (FrameKind::Pong, p.len()),
+            ws::Message::Close(_) => (FrameKind::Close, 0),
+            ws::Message::Continuation(item) => {
+                let (first, data) = match item {
+                    Item::FirstText(d) => (Some(MessageKind::Text), d),
+                    Item::FirstBinary(d) => (Some(MessageKind::Binary), d),
+                    Item::Continue(d) | Item::Last(d) => (None, d),
+                };
+                let kind = match first.or(self.assembler.in_progress()) {
+                    Some(MessageKind::Text) => FrameKind::Text,
+                    _ => FrameKind::Binary,
+                };
+                (kind, data.len())
+            }
+            ws::Message::Nop => (FrameKind::Binary, 0),
+        };
+        self.metrics.frame(Direction::In, kind, len);
+        self.counters.bytes_in.fetch_add(len as u64, Relaxed);
+    }
+
+    /// Handles one whole message by kind.
+    fn dispatch(&mut self, message: Complete, ctx: &mut ws::WebsocketContext<Self>) {
+        match message {
+            Complete::Binary(data) => self.on_audio(ctx, data),
+            Complete::Text(text) => self.on_text(ctx, &text),
+            Complete::Control(ws::Message::Ping(payload)) => {
                 self.counters.touch();
                 self.metrics
                     .frame(Direction::Out, FrameKind::Pong, payload.len());
                 ctx.pong(&payload);
             }
-            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
-            Ok(ws::Message::Close(reason)) => {
+            Complete::Control(ws::Message::Close(reason)) => {
                 self.span
                     .in_scope(|| info!(?reason, "client closed the connection"));
                 if self.closing.is_none() {
@@ -67,20 +95,28 @@ impl Session {
                 ctx.close(reason);
                 ctx.stop();
             }
-            Ok(ws::Message::Continuation(_)) => self.report(ctx, SessionError::FragmentedMessage),
-            Err(ws::ProtocolError::Overflow) => self.report(
+            // Pongs answer our heartbeat (any frame counts as heard); nop is never decoded.
+            Complete::Control(_) => {}
+        }
+    }
+
+    /// The decoder failed: a protocol violation or an oversized frame is told to the client
+    /// (`session.closed`, then the RFC's close code); a broken connection just ends.
+    fn on_decode_error(&mut self, ctx: &mut ws::WebsocketContext<Self>, e: &ws::ProtocolError) {
+        match classify(e, &self.wire) {
+            DecodeFault::Protocol(violation) => self.report(ctx, SessionError::Protocol(violation)),
+            DecodeFault::TooLarge => self.report(
                 ctx,
                 SessionError::FrameTooLarge {
                     max_binary: self.config.limits.max_binary_frame_bytes,
                     max_text: self.config.limits.max_text_frame_bytes,
                 },
             ),
-            Err(ws::ProtocolError::Io(e)) => {
-                // The connection broke (client vanished): nobody is left to tell.
+            DecodeFault::ConnectionLost => {
+                // Nobody is left to tell.
                 self.span.in_scope(|| info!(error = %e, "connection lost"));
                 ctx.stop();
             }
-            Err(_) => self.report(ctx, SessionError::Protocol),
         }
     }
 

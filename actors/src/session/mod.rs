@@ -18,6 +18,8 @@ pub use pipeline_output::PipelineOutput;
 use self::rates::SessionRates;
 use crate::counters::SessionCounters;
 use crate::error::SessionError;
+use crate::fragments::MessageAssembler;
+use crate::intake::WireReport;
 use crate::metrics::{Direction, FrameKind, Metrics, StageStats};
 use crate::pipeline::Pipeline;
 use crate::processors::ProcessorCatalog;
@@ -79,8 +81,12 @@ pub struct Session {
     registry: Addr<SessionRegistry>,
     counters: Arc<SessionCounters>,
     pipeline: Option<Pipeline>,
-    /// Binary frames received, valid or not: the next frame's `seq`.
+    /// Binary messages received, valid or not: the next message's `seq`.
     binary_frames: u64,
+    /// Joins fragmented messages (bounded by the frame limits).
+    assembler: MessageAssembler,
+    /// Violations the intake found in the client's bytes, read when the decoder fails.
+    wire: WireReport,
     /// Last frame of any kind from the client (heartbeat).
     last_heard: Instant,
     /// Set once the session is ending; further audio is refused.
@@ -117,6 +123,10 @@ impl Session {
         metrics: Arc<Metrics>,
     ) -> Self {
         let span = tracing::info_span!("session", id = %id);
+        let assembler = MessageAssembler::new(
+            config.limits.max_binary_frame_bytes,
+            config.limits.max_text_frame_bytes,
+        );
         let stages = std::iter::once("resampler".to_owned())
             .chain(config.pipeline.processors.iter().cloned());
         Self {
@@ -137,6 +147,8 @@ impl Session {
             registry,
             pipeline: None,
             binary_frames: 0,
+            assembler,
+            wire: WireReport::default(),
             last_heard: Instant::now(),
             closing: None,
             flushes: VecDeque::new(),
@@ -147,6 +159,14 @@ impl Session {
     /// Caps this session's lifetime below `registry.session_ttl_s` (a token's claim).
     pub fn with_ttl_s(mut self, ttl_s: Option<u64>) -> Self {
         self.ttl_s = ttl_s;
+        self
+    }
+
+    /// Reads protocol violations from `report`, the one of the `FramePacedPayload` feeding
+    /// this session's decoder (without it, violations actix reports as I/O errors look like
+    /// a lost connection).
+    pub fn with_wire_report(mut self, report: WireReport) -> Self {
+        self.wire = report;
         self
     }
 
@@ -219,7 +239,8 @@ impl Session {
     }
 
     /// Sends an error event, logging it under a fresh correlation id. Fatal errors end the
-    /// session with the error's close code, without waiting for the pipeline.
+    /// session with the error's close code, without waiting for the pipeline; the
+    /// `session.closed` reason is `protocol_error` for protocol errors, `error` otherwise.
     fn report(&mut self, ctx: &mut ws::WebsocketContext<Self>, error: SessionError) {
         let correlation_id = Uuid::new_v4();
         let close = error.close_code();
@@ -246,8 +267,12 @@ impl Session {
         };
         match close {
             Some(code) => {
+                let reason = match error {
+                    SessionError::Protocol(_) => CloseReason::ProtocolError,
+                    _ => CloseReason::Error,
+                };
                 self.send_event(ctx, &event);
-                self.finish(ctx, CloseReason::Error, code);
+                self.finish(ctx, reason, code);
             }
             None => self.deliver(ctx, &event),
         }
