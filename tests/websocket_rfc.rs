@@ -23,13 +23,11 @@ fn flush_frame() -> Frame {
     Frame::new(TEXT, json!({"type": "flush"}).to_string())
 }
 
-/// Events grouped by type with `flushed` and `session.*` left out: what the audio produced.
-fn audio_events(events: &[Value]) -> Vec<Value> {
-    events
-        .iter()
-        .filter(|e| e["type"] == "vad" || e["type"] == "level")
-        .cloned()
-        .collect()
+/// What the audio produced: `vad` and `level` events, each in arrival order (the two
+/// processors' events may interleave either way, so they are compared per type).
+fn audio_events(events: &[Value]) -> [Vec<Value>; 2] {
+    let of = |kind: &str| of_type(events, kind).into_iter().cloned().collect();
+    [of("vad"), of("level")]
 }
 
 /// The speech sent as one binary frame, then as a message in 4 fragments cut mid-sample
@@ -287,4 +285,25 @@ async fn fragmented_message_over_the_size_limit_is_closed_1009() {
     ];
     let error = ("frame_too_large", "8192");
     closes_with(&limit, &frames, error, "error", 1009).await;
+}
+
+/// A frame whose header declares 100 MB is refused at the header, before its payload is
+/// sent (the server never buffers it): `frame_too_large`, 1009; the neighbour streams on.
+#[tokio::test]
+async fn frame_declaring_more_than_the_limit_is_closed_1009_at_its_header() {
+    let server = TestServer::start(&[]);
+    let neighbour = Neighbour::start(&server).await;
+    let mut raw = RawClient::connect(server.addr, SPEECH_48K).await;
+    // FIN + binary, masked, 64-bit length 100_000_000, masking key; no payload follows.
+    let mut header = vec![0x82, 0x80 | 127];
+    header.extend_from_slice(&100_000_000u64.to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    raw.send_bytes(&header).await;
+    let (events, code) = raw.drain().await;
+    let errors = of_type(&events, "error");
+    assert_eq!(errors.len(), 1, "{events:?}");
+    assert_eq!(errors[0]["code"], "frame_too_large", "{events:?}");
+    assert_eq!(closed_event(&events)["reason"], "error", "{events:?}");
+    assert_eq!(code, Some(1009), "{events:?}");
+    neighbour.finish().await;
 }

@@ -161,7 +161,12 @@ impl RawClient {
     /// Writes `frames` back to back in one write.
     pub async fn send(&mut self, frames: &[Frame]) {
         let wire: Vec<u8> = frames.iter().flat_map(Frame::encode).collect();
-        tokio::time::timeout(HANG, self.tcp.write_all(&wire))
+        self.send_bytes(&wire).await;
+    }
+
+    /// Writes raw bytes (part of a frame, say).
+    pub async fn send_bytes(&mut self, wire: &[u8]) {
+        tokio::time::timeout(HANG, self.tcp.write_all(wire))
             .await
             .expect("send hung")
             .expect("send");
