@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod audio;
+pub mod frames;
 pub mod http;
 pub mod process;
 pub mod proxy;
