@@ -2,6 +2,7 @@
 
 use crate::access_log::access_log;
 use crate::settings::{ConfigSource, SettingsError};
+use crate::tls::CertStore;
 use crate::{cors, ops, reload, stream, AppState, Current};
 use actix::Addr;
 use actix_web::middleware::from_fn;
@@ -55,15 +56,21 @@ fn bind(addr: &str) -> Result<TcpListener, StartError> {
 }
 
 /// Where `voxrt healthcheck` finds this server's `/health`: the configured port on the
-/// loopback address when the server listens on every interface.
+/// loopback address when the server listens on every interface; `https` with
+/// `[server.tls]`.
 pub fn health_url(settings: &crate::Settings) -> String {
-    let host = match settings.server.host.as_str() {
-        "0.0.0.0" => "127.0.0.1",
-        "::" => "[::1]",
-        h if h.contains(':') => return format!("http://[{h}]:{}/health", settings.server.port),
-        h => h,
+    let scheme = if settings.server.tls.enabled() {
+        "https"
+    } else {
+        "http"
     };
-    format!("http://{host}:{}/health", settings.server.port)
+    let port = settings.server.port;
+    match settings.server.host.as_str() {
+        "0.0.0.0" => format!("{scheme}://127.0.0.1:{port}/health"),
+        "::" => format!("{scheme}://[::1]:{port}/health"),
+        h if h.contains(':') => format!("{scheme}://[{h}]:{port}/health"),
+        h => format!("{scheme}://{h}:{port}/health"),
+    }
 }
 
 /// Loads and validates settings from `source`, binds, and starts serving on the current
@@ -92,6 +99,8 @@ pub async fn start(
         .as_ref()
         .map(|l| local(l, &settings.admin.bind))
         .transpose()?;
+    let tls = CertStore::load(&settings.server.tls)?;
+    let tls_config = tls.as_ref().map(CertStore::server_config).transpose()?;
     let metrics = Arc::new(Metrics::new());
     let registry = SessionRegistry::new(
         settings.registry,
@@ -112,6 +121,7 @@ pub async fn start(
         metrics,
         started: Instant::now(),
         workers,
+        tls,
     });
     let admin_on_main = admin_listener.is_none();
     let main_state = state.clone();
@@ -134,10 +144,14 @@ pub async fn start(
     })
     .workers(workers)
     .client_request_timeout(header_timeout)
+    .tls_handshake_timeout(header_timeout)
     .on_connect(move |conn, _| tune_socket(conn, user_timeout))
     .disable_signals()
-    .shutdown_timeout(1)
-    .listen(listener)
+    .shutdown_timeout(1);
+    let main = match &tls_config {
+        Some(config) => main.listen_rustls_0_23(listener, config.clone()),
+        None => main.listen(listener),
+    }
     .map_err(|source| StartError::Bind {
         addr: main_bind.clone(),
         source,
@@ -157,9 +171,13 @@ pub async fn start(
         })
         .workers(1)
         .client_request_timeout(header_timeout)
+        .tls_handshake_timeout(header_timeout)
         .disable_signals()
-        .shutdown_timeout(1)
-        .listen(listener)
+        .shutdown_timeout(1);
+        let admin = match &tls_config {
+            Some(config) => admin.listen_rustls_0_23(listener, config.clone()),
+            None => admin.listen(listener),
+        }
         .map_err(|source| StartError::Bind {
             addr: "admin.bind".to_owned(),
             source,
@@ -169,7 +187,8 @@ pub async fn start(
         done.push(tokio::task::spawn_local(admin));
     }
     forget_idle_addresses(state.clone());
-    info!(%addr, ?admin_addr, workers, "voxrt listening");
+    let tls = state.tls.is_some();
+    info!(%addr, ?admin_addr, workers, tls, "voxrt listening");
     Ok(RunningServer {
         addr,
         admin_addr,
@@ -229,8 +248,16 @@ impl RunningServer {
 /// - TCP_USER_TIMEOUT (`secs`, 0 = system default): a client that stops acknowledging
 ///   (vanished, or keeps its window closed by not reading) is dropped by the kernel after
 ///   `secs`, so it cannot pin a connection and its buffers after its session has ended.
+///
+/// On a TLS listener the connection is the TLS stream; the options go on the TCP socket
+/// under it.
 fn tune_socket(conn: &dyn std::any::Any, secs: u64) {
-    let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+    type Tcp = actix_web::rt::net::TcpStream;
+    let tcp = conn.downcast_ref::<Tcp>().or_else(|| {
+        conn.downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<Tcp>>()
+            .map(|tls| tls.get_ref().0)
+    });
+    let Some(tcp) = tcp else {
         return;
     };
     if let Err(e) = tcp.set_nodelay(true) {

@@ -5,6 +5,7 @@
 pub mod audio;
 pub mod http;
 pub mod process;
+pub mod tls;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -403,7 +404,7 @@ impl TestServer {
                 .collect(),
         };
         let settings = source.load().expect("test settings load");
-        voxrt::logging::init(&settings.log);
+        voxrt::logging::init(&settings.log).expect("logging starts");
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
