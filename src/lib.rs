@@ -8,12 +8,13 @@
 //! - `client_ip`: the client address behind trusted reverse proxies (X-Forwarded-For).
 //! - `address_limits`: per-address rate limits (new sessions, failed credentials).
 //! - `cors`: `security.allowed_origins` for WebSocket upgrades and CORS.
-//! - `access_log`: one line per request, `access_token` redacted.
+//! - `access_log`: one line per request, credentials redacted, the client behind proxies.
 //! - [`auth`]: client credentials (API keys, JWTs) and the admin token.
 //! - `reload`: applying a re-read configuration to a running server.
 //! - `refusal`: HTTP JSON errors before the upgrade.
 //! - `web`: the browser page at `/` (microphone demo), compiled into the binary.
-//! - [`logging`]: tracing setup with a reloadable filter.
+//! - [`logging`]: tracing setup with a reloadable filter, log files and their rotation.
+//! - `tls`: native TLS (`[server.tls]`), the certificate swapped on reload.
 //!
 //! Like mini-redis, the binary is thin: tests call the same [`server::start`] on
 //! `127.0.0.1:0` and get the bound address back.
@@ -31,6 +32,7 @@ mod reload;
 pub mod server;
 pub mod settings;
 mod stream;
+mod tls;
 mod web;
 
 pub use server::{start, RunningServer, StartError};
@@ -88,6 +90,8 @@ pub(crate) struct AppState {
     metrics: Arc<Metrics>,
     started: Instant,
     workers: usize,
+    /// The certificate every TLS listener presents; `None` without `[server.tls]`.
+    tls: Option<Arc<tls::CertStore>>,
 }
 
 impl AppState {

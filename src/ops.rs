@@ -127,6 +127,7 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
             "uptime_s": state.started.elapsed().as_secs(),
             "profile": state.source.profile_name(),
             "workers": state.workers,
+            "log_lines_dropped": crate::logging::dropped_lines(),
             "limits": {
                 "registry": s.registry,
                 "session": s.session,
@@ -183,7 +184,27 @@ async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         // prometheus-client writes OpenMetrics 1.0 text (`# EOF`, `# UNIT`), which
         // Prometheus reads as such only when labelled so.
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(state.metrics.encode())
+        .body(with_process_metrics(state.metrics.encode()))
+}
+
+/// The registry's exposition with the process-wide metrics (logging is per process, the
+/// registry per server) inserted before its `# EOF`.
+fn with_process_metrics(mut text: String) -> String {
+    use prometheus_client::encoding::text::{encode_eof, encode_registry};
+    use prometheus_client::metrics::counter::ConstCounter;
+    if let Some(body) = text.strip_suffix("# EOF\n") {
+        text.truncate(body.len());
+    }
+    let mut process = prometheus_client::registry::Registry::with_prefix("voxrt");
+    process.register(
+        "log_lines_dropped",
+        "Log lines not written to log files because their queue (log.queue_lines) was full",
+        ConstCounter::new(crate::logging::dropped_lines()),
+    );
+    // Writing to a String cannot fail.
+    let _ = encode_registry(&mut text, &process);
+    let _ = encode_eof(&mut text);
+    text
 }
 
 /// Re-reads the configuration; 400 naming the bad key if it is invalid (nothing changes).

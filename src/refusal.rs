@@ -33,10 +33,19 @@ pub fn refuse_as(
             status: status.as_u16(),
         })
         .inc();
+    // A refusal of the query string as a whole quotes parameter names the client chose,
+    // and a credential put in the wrong place (`?<token>`) would be such a name: the client
+    // gets the message, the log only says what kind of error it was.
+    let logged = match error {
+        AdmissionError::InvalidParameter { param: "query", .. } => {
+            "the query string was refused (its parameter names are not logged)".to_owned()
+        }
+        other => other.to_string(),
+    };
     if matches!(error, AdmissionError::Internal) {
-        tracing::error!(%correlation_id, code = error.code(), ?peer, "refused: {error}");
+        tracing::error!(%correlation_id, code = error.code(), ?peer, "refused: {logged}");
     } else {
-        tracing::info!(%correlation_id, code = error.code(), ?peer, status = status.as_u16(), "refused: {error}");
+        tracing::info!(%correlation_id, code = error.code(), ?peer, status = status.as_u16(), "refused: {logged}");
     }
     let mut response = HttpResponse::build(status);
     if let Some(secs) = error.retry_after_s() {

@@ -3,8 +3,10 @@
 //! New limits, log level, pipeline and VAD/level defaults, API keys, JWT settings and
 //! allowed origins apply to sessions admitted from now on (per-address rate limits start
 //! afresh); live sessions keep the configuration they started with. Settings that need a new
-//! listener or worker pool (`server.*`, `admin.bind`, `log.format`) keep their running
-//! values and the log says so. An invalid configuration changes nothing.
+//! listener, worker pool or log file (`server.*`, `admin.bind`, `log.format`, `log.file` and
+//! the other file keys) keep their running values and the log says so. With `[server.tls]`,
+//! the certificate and key are read again from the same files and presented to new
+//! connections. An invalid configuration (or an unreadable certificate) changes nothing.
 
 use crate::settings::{Settings, SettingsError};
 
@@ -40,6 +42,12 @@ pub(crate) fn reload(state: &AppState) -> Result<String, SettingsError> {
             return Err(e);
         }
     };
+    if let Some(tls) = &state.tls {
+        if let Err(e) = tls.reload(&current.settings.server.tls) {
+            warn!("configuration reload refused, running configuration kept: {e}");
+            return Err(e);
+        }
+    }
     state.registry.do_send(UpdateLimits {
         limits,
         reserve_bytes,
@@ -52,6 +60,23 @@ pub(crate) fn reload(state: &AppState) -> Result<String, SettingsError> {
     }
     info!(hash = %hash, "configuration reloaded");
     Ok(hash)
+}
+
+/// Whether the log file settings (opened once, at startup) differ.
+fn log_files_differ(a: &crate::settings::LogSettings, b: &crate::settings::LogSettings) -> bool {
+    (
+        &a.file,
+        &a.error_file,
+        a.max_file_bytes,
+        a.max_files,
+        a.queue_lines,
+    ) != (
+        &b.file,
+        &b.error_file,
+        b.max_file_bytes,
+        b.max_files,
+        b.queue_lines,
+    )
 }
 
 /// Copies settings that only a restart can change from `running` into `next`, logging each
@@ -69,6 +94,13 @@ fn keep_restart_only(running: &Settings, next: &mut Settings) {
     if running.log.format != next.log.format {
         ignored.push("log.format");
         next.log.format = running.log.format;
+    }
+    if log_files_differ(&running.log, &next.log) {
+        ignored.push("log.file, log.error_file and their bounds");
+        next.log = crate::settings::LogSettings {
+            level: next.log.level.clone(),
+            ..running.log.clone()
+        };
     }
     if !ignored.is_empty() {
         warn!(keys = ?ignored, "these settings changed but take effect only after a restart");

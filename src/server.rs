@@ -2,6 +2,7 @@
 
 use crate::access_log::access_log;
 use crate::settings::{ConfigSource, SettingsError};
+use crate::tls::CertStore;
 use crate::{cors, ops, reload, stream, AppState, Current};
 use actix::Addr;
 use actix_web::middleware::from_fn;
@@ -55,15 +56,21 @@ fn bind(addr: &str) -> Result<TcpListener, StartError> {
 }
 
 /// Where `voxrt healthcheck` finds this server's `/health`: the configured port on the
-/// loopback address when the server listens on every interface.
+/// loopback address when the server listens on every interface; `https` with
+/// `[server.tls]`.
 pub fn health_url(settings: &crate::Settings) -> String {
-    let host = match settings.server.host.as_str() {
-        "0.0.0.0" => "127.0.0.1",
-        "::" => "[::1]",
-        h if h.contains(':') => return format!("http://[{h}]:{}/health", settings.server.port),
-        h => h,
+    let scheme = if settings.server.tls.enabled() {
+        "https"
+    } else {
+        "http"
     };
-    format!("http://{host}:{}/health", settings.server.port)
+    let port = settings.server.port;
+    match settings.server.host.as_str() {
+        "0.0.0.0" => format!("{scheme}://127.0.0.1:{port}/health"),
+        "::" => format!("{scheme}://[::1]:{port}/health"),
+        h if h.contains(':') => format!("{scheme}://[{h}]:{port}/health"),
+        h => format!("{scheme}://{h}:{port}/health"),
+    }
 }
 
 /// Loads and validates settings from `source`, binds, and starts serving on the current
@@ -92,6 +99,8 @@ pub async fn start(
         .as_ref()
         .map(|l| local(l, &settings.admin.bind))
         .transpose()?;
+    let tls = CertStore::load(&settings.server.tls)?;
+    let tls_config = tls.as_ref().map(CertStore::server_config).transpose()?;
     let metrics = Arc::new(Metrics::new());
     let registry = SessionRegistry::new(
         settings.registry,
@@ -112,6 +121,7 @@ pub async fn start(
         metrics,
         started: Instant::now(),
         workers,
+        tls,
     });
     let admin_on_main = admin_listener.is_none();
     let main_state = state.clone();
@@ -134,9 +144,13 @@ pub async fn start(
     })
     .workers(workers)
     .client_request_timeout(header_timeout)
+    .tls_handshake_timeout(header_timeout)
     .on_connect(move |conn, ext| {
-        tune_socket(conn, user_timeout);
-        if let Some(handle) = SocketAbortHandle::of(conn) {
+        let Some(tcp) = accepted_tcp(conn) else {
+            return;
+        };
+        tune_socket(tcp, user_timeout);
+        if let Some(handle) = SocketAbortHandle::of(tcp) {
             ext.insert(handle);
         }
     })
@@ -144,8 +158,11 @@ pub async fn start(
     // once rather than lingering up to a second for the client to hang up first.
     .client_disconnect_timeout(Duration::from_millis(CLOSE_LINGER_MS))
     .disable_signals()
-    .shutdown_timeout(1)
-    .listen(listener)
+    .shutdown_timeout(1);
+    let main = match &tls_config {
+        Some(config) => main.listen_rustls_0_23(listener, config.clone()),
+        None => main.listen(listener),
+    }
     .map_err(|source| StartError::Bind {
         addr: main_bind.clone(),
         source,
@@ -165,9 +182,13 @@ pub async fn start(
         })
         .workers(1)
         .client_request_timeout(header_timeout)
+        .tls_handshake_timeout(header_timeout)
         .disable_signals()
-        .shutdown_timeout(1)
-        .listen(listener)
+        .shutdown_timeout(1);
+        let admin = match &tls_config {
+            Some(config) => admin.listen_rustls_0_23(listener, config.clone()),
+            None => admin.listen(listener),
+        }
         .map_err(|source| StartError::Bind {
             addr: "admin.bind".to_owned(),
             source,
@@ -177,7 +198,8 @@ pub async fn start(
         done.push(tokio::task::spawn_local(admin));
     }
     forget_idle_addresses(state.clone());
-    info!(%addr, ?admin_addr, workers, "voxrt listening");
+    let tls = state.tls.is_some();
+    info!(%addr, ?admin_addr, workers, tls, "voxrt listening");
     Ok(RunningServer {
         addr,
         admin_addr,
@@ -237,10 +259,10 @@ impl RunningServer {
 /// - TCP_USER_TIMEOUT (`secs`, 0 = system default): a client that stops acknowledging
 ///   (vanished, or keeps its window closed by not reading) is dropped by the kernel after
 ///   `secs`, so it cannot pin a connection and its buffers after its session has ended.
-fn tune_socket(conn: &dyn std::any::Any, secs: u64) {
-    let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
-        return;
-    };
+///
+/// On a TLS listener the connection is the TLS stream; the options go on the TCP socket
+/// under it.
+fn tune_socket(tcp: &actix_web::rt::net::TcpStream, secs: u64) {
     if let Err(e) = tcp.set_nodelay(true) {
         warn!(error = %e, "cannot set TCP_NODELAY");
     }
@@ -251,6 +273,15 @@ fn tune_socket(conn: &dyn std::any::Any, secs: u64) {
     if let Err(e) = socket2::SockRef::from(tcp).set_tcp_user_timeout(timeout) {
         warn!(error = %e, "cannot set TCP_USER_TIMEOUT");
     }
+}
+
+/// The TCP stream of an accepted connection, plain or under TLS.
+fn accepted_tcp(conn: &dyn std::any::Any) -> Option<&actix_web::rt::net::TcpStream> {
+    type Tcp = actix_web::rt::net::TcpStream;
+    conn.downcast_ref::<Tcp>().or_else(|| {
+        conn.downcast_ref::<actix_tls::accept::rustls_0_23::TlsStream<Tcp>>()
+            .map(|tls| tls.get_ref().0)
+    })
 }
 
 /// How long, ms, the server waits after a connection's last response (a WebSocket close
@@ -266,9 +297,8 @@ const CLOSE_LINGER_MS: u64 = 100;
 pub(crate) struct SocketAbortHandle(Arc<std::os::fd::OwnedFd>);
 
 impl SocketAbortHandle {
-    fn of(conn: &dyn std::any::Any) -> Option<Self> {
+    fn of(tcp: &actix_web::rt::net::TcpStream) -> Option<Self> {
         use std::os::fd::AsFd;
-        let tcp = conn.downcast_ref::<actix_web::rt::net::TcpStream>()?;
         tcp.as_fd()
             .try_clone_to_owned()
             .ok()

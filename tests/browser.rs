@@ -5,6 +5,10 @@
 //! test checks on the page it reads from the DOM; what the server saw it reads from
 //! `/v1/stats`, `/metrics` and the server's log.
 //!
+//! The page is served over https, as browsers require for the microphone anywhere but on
+//! localhost: the server has a certificate made at test time, and Chromium trusts exactly
+//! that certificate's key (`--ignore-certificate-errors-spki-list`), nothing else.
+//!
 //! Without chromium these tests fail (they do not skip): `scripts/test` installs it.
 //!
 //! Nothing waits on a fixed sleep: each step polls the page or the server until the state
@@ -14,6 +18,7 @@
 mod common;
 use common::http::Reply;
 use common::process::ServerProcess;
+use common::tls::TestCert;
 use common::{audio, temp_dir, HANG};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -86,8 +91,14 @@ fn speech_wav(dir: &Path) -> PathBuf {
     path
 }
 
-/// A headless Chromium with a fake microphone playing `wav`, in its own process group so
-/// that every process it starts is ended with it.
+/// The server's certificate in these tests (made once per test process).
+fn cert() -> &'static TestCert {
+    static CERT: std::sync::OnceLock<TestCert> = std::sync::OnceLock::new();
+    CERT.get_or_init(|| TestCert::new("voxrt browser test"))
+}
+
+/// A headless Chromium with a fake microphone playing `wav`, trusting [`cert`]'s key, in
+/// its own process group so that every process it starts is ended with it.
 struct Browser {
     child: Child,
     /// Profile, DevToolsActivePort and the browser's log.
@@ -119,6 +130,10 @@ impl Browser {
                 "--remote-debugging-port=0",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!(
+                "--ignore-certificate-errors-spki-list={}",
+                cert().spki_sha256
+            ))
             .arg(format!(
                 "--use-file-for-fake-audio-capture={}",
                 wav.display()
@@ -412,8 +427,13 @@ impl Page {
 // HTTP
 // ---------------------------------------------------------------------------------------------
 
+/// `method` `url`, over https trusting [`cert`] when the URL says so.
 fn http(method: &str, url: &str) -> Reply {
-    common::http::request(method, url, None)
+    if url.starts_with("https://") {
+        common::tls::https(method, url, &[cert()], None)
+    } else {
+        common::http::request(method, url, None)
+    }
 }
 
 fn get_json(url: &str) -> Value {
@@ -455,8 +475,8 @@ fn number(v: &Value) -> u64 {
 // Tests
 // ---------------------------------------------------------------------------------------------
 
-/// The real binary with auth required and a page origin that is not this one; Chromium with
-/// the speech recording as its microphone.
+/// The real binary serving https with auth required and a page origin that is not this
+/// one; Chromium with the speech recording as its microphone.
 ///
 /// 1. With the right token but its origin not in `security.allowed_origins`, the page
 ///    reports the refused connection (and the server logged `origin_not_allowed`).
@@ -479,8 +499,19 @@ async fn page_streams_the_microphone_and_shows_speech_segments() {
     let config_file = work.path().join("voxrt.toml");
     std::fs::write(&config_file, config(&["https://voxrt.example"])).expect("config");
     let config_path = config_file.to_str().expect("utf-8 path");
-    let server = ServerProcess::start(&[("VOXRT_CONFIG", config_path)]);
-    let base = server.http();
+    let (cert_file, key_file) = cert().write(work.path());
+    let server = ServerProcess::start(&[
+        ("VOXRT_CONFIG", config_path),
+        (
+            "VOXRT_SERVER__TLS__CERT_FILE",
+            cert_file.to_str().expect("utf-8"),
+        ),
+        (
+            "VOXRT_SERVER__TLS__KEY_FILE",
+            key_file.to_str().expect("utf-8"),
+        ),
+    ]);
+    let base = format!("https://127.0.0.1:{}", server.port);
     let browser = Browser::launch(&wav);
     let mut page = Page::open(&browser).await;
     page.goto(&format!("{base}/")).await;

@@ -471,7 +471,7 @@ fn child_server_with_a_slow_processor() {
     }
     let source = voxrt::ConfigSource::from_process();
     let settings = source.load().expect("settings");
-    voxrt::logging::init(&settings.log);
+    let _log_files = voxrt::logging::init(&settings.log).expect("logging starts");
     actix_web::rt::System::new().block_on(async move {
         let server = voxrt::start(source, slow_flush_catalog())
             .await

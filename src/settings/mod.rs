@@ -134,6 +134,25 @@ pub struct ServerSettings {
     /// Seconds sent data may stay unacknowledged (or a peer's window closed) before the
     /// kernel drops the connection (TCP_USER_TIMEOUT); 0 leaves the system default.
     pub tcp_user_timeout_s: u64,
+    /// Native TLS for the main and admin listeners.
+    pub tls: TlsSettings,
+}
+
+/// `[server.tls]`: both files set = HTTPS/WSS on every listener; both empty = plain HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first; re-read on reload.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the leaf; re-read on reload.
+    pub key_file: String,
+}
+
+impl TlsSettings {
+    /// Whether TLS is configured (validation ensures both files or neither).
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.is_empty()
+    }
 }
 
 /// A trusted proxy: one address or a CIDR range (`10.0.0.0/8`).
@@ -167,6 +186,16 @@ pub struct LogSettings {
     pub level: String,
     /// Output format.
     pub format: LogFormat,
+    /// Log file (rotated); "" = stderr only.
+    pub file: String,
+    /// Errors-only log file (rotated); "" = none.
+    pub error_file: String,
+    /// A file is rotated once it grows past this many bytes (or at midnight).
+    pub max_file_bytes: u64,
+    /// Rotated files kept per log file; older ones are deleted.
+    pub max_files: usize,
+    /// Lines waiting for the file writer; more are dropped and counted.
+    pub queue_lines: usize,
 }
 
 /// How log lines look.

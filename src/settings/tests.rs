@@ -161,3 +161,38 @@ fn printed_settings_show_a_digest_of_the_jwt_secret_not_the_secret() {
     assert!(!printed.contains(secret), "{printed}");
     assert!(printed.contains("\"hs256_secret\":\"sha256:"), "{printed}");
 }
+
+#[test]
+fn tls_needs_both_files_and_the_error_names_the_missing_one() {
+    let catalog = ProcessorCatalog::with_builtins();
+    for (set, missing) in [
+        ("VOXRT_SERVER__TLS__CERT_FILE", "server.tls.key_file"),
+        ("VOXRT_SERVER__TLS__KEY_FILE", "server.tls.cert_file"),
+    ] {
+        let s = Settings::load_from(None, &env(&[(set, "/etc/voxrt/x.pem")]), &[]).unwrap();
+        let err = s.validate(&catalog).unwrap_err().to_string();
+        assert!(err.starts_with(missing), "{err}");
+    }
+}
+
+#[test]
+fn log_file_bounds_are_validated() {
+    let catalog = ProcessorCatalog::with_builtins();
+    for (key, value) in [
+        ("VOXRT_LOG__MAX_FILE_BYTES", "100"),
+        ("VOXRT_LOG__MAX_FILES", "0"),
+        ("VOXRT_LOG__QUEUE_LINES", "1"),
+    ] {
+        let s = Settings::load_from(None, &env(&[(key, value)]), &[]).unwrap();
+        let err = s.validate(&catalog).unwrap_err().to_string();
+        let dotted = key["VOXRT_".len()..].to_lowercase().replace("__", ".");
+        assert!(err.starts_with(&dotted), "{err}");
+    }
+    let same = [
+        ("VOXRT_LOG__FILE", "/var/log/voxrt.log"),
+        ("VOXRT_LOG__ERROR_FILE", "/var/log/voxrt.log"),
+    ];
+    let s = Settings::load_from(None, &env(&same), &[]).unwrap();
+    let err = s.validate(&catalog).unwrap_err().to_string();
+    assert!(err.starts_with("log.error_file"), "{err}");
+}

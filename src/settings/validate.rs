@@ -58,6 +58,8 @@ impl Settings {
                 allowed: format!("must be a level or tracing filter directive ({e})"),
             });
         }
+        self.validate_tls()?;
+        self.validate_log_files()?;
         let r = &self.registry;
         check("registry.max_sessions", r.max_sessions, 1, 100_000, "")?;
         check(
@@ -245,5 +247,45 @@ impl Settings {
         )?;
         self.auth.validate()?;
         self.security.validate()
+    }
+
+    /// `server.tls`: both files or neither (the files themselves are read at startup).
+    fn validate_tls(&self) -> Result<(), SettingsError> {
+        let t = &self.server.tls;
+        let missing = match (t.cert_file.is_empty(), t.key_file.is_empty()) {
+            (true, false) => Some(("server.tls.cert_file", "server.tls.key_file")),
+            (false, true) => Some(("server.tls.key_file", "server.tls.cert_file")),
+            _ => None,
+        };
+        match missing {
+            Some((key, other)) => Err(SettingsError::Invalid {
+                key,
+                value: "\"\"".into(),
+                allowed: format!("must be set because {other} is (TLS needs both, or neither)"),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// `log.*` file bounds.
+    fn validate_log_files(&self) -> Result<(), SettingsError> {
+        let l = &self.log;
+        check(
+            "log.max_file_bytes",
+            l.max_file_bytes,
+            4096,
+            1 << 40,
+            " bytes",
+        )?;
+        check("log.max_files", l.max_files, 1, 1000, " files")?;
+        check("log.queue_lines", l.queue_lines, 64, 10_000_000, " lines")?;
+        if !l.file.is_empty() && l.file == l.error_file {
+            return Err(SettingsError::Invalid {
+                key: "log.error_file",
+                value: format!("\"{}\"", l.error_file),
+                allowed: "must differ from log.file".into(),
+            });
+        }
+        Ok(())
     }
 }

@@ -65,6 +65,16 @@ pub fn request(method: &str, url: &str, authorization: Option<&str>) -> Reply {
             .timeout_global(Some(HANG))
             .build(),
     );
+    request_via(&agent, method, url, authorization)
+}
+
+/// [`request`] through `agent` (one configured for https, say).
+pub fn request_via(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    authorization: Option<&str>,
+) -> Reply {
     let response = match (method, authorization) {
         ("GET", None) => agent.get(url).call(),
         ("GET", Some(a)) => agent.get(url).header("Authorization", a).call(),

@@ -7,6 +7,7 @@ pub mod frames;
 pub mod http;
 pub mod process;
 pub mod proxy;
+pub mod tls;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
@@ -419,7 +420,7 @@ impl TestServer {
                 .collect(),
         };
         let settings = source.load().expect("test settings load");
-        voxrt::logging::init(&settings.log);
+        voxrt::logging::init(&settings.log).expect("logging starts");
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
