@@ -277,7 +277,7 @@ fn hs256(secret: &str, claims: &Value) -> String {
     encode(
         &Header::new(Algorithm::HS256),
         claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
+        &EncodingKey::from_secret(secret.as_bytes()).expect("HS256 secret"),
     )
     .expect("encode")
 }
@@ -583,7 +583,8 @@ async fn jwt_valid_tokens_pass_invalid_ones_get_401_and_claims_only_tighten_ttl(
         let confused = encode(
             &Header::new(Algorithm::HS256),
             &claims(json!({})),
-            &EncodingKey::from_secret(&std::fs::read(&public).expect("public key")),
+            &EncodingKey::from_secret(&std::fs::read(&public).expect("public key"))
+                .expect("HS256 secret"),
         )
         .expect("sign");
         let expired = encode(
