@@ -12,13 +12,15 @@ WORKDIR /build
 COPY Cargo.toml Cargo.lock ./
 COPY actors/Cargo.toml actors/Cargo.toml
 # The load generator is a workspace member; the image does not build it, but cargo needs
-# its manifest and a stub source to read the workspace.
+# its manifest and a stub source to read the workspace (and stubs of the targets Cargo.toml
+# declares: benches, the microphone example).
 COPY loadgen/Cargo.toml loadgen/Cargo.toml
 RUN mkdir -p src actors/src loadgen/src \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs actors/src/lib.rs \
  && echo 'fn main() {}' > loadgen/src/main.rs \
- && mkdir -p actors/benches benches \
+ && mkdir -p actors/benches benches examples/mic_capture \
  && touch actors/benches/registry_stats.rs actors/benches/hot_path.rs benches/pipeline.rs \
+    examples/mic_capture/main.rs \
  && cargo build --release --locked --bin voxrt \
  && rm -rf src actors/src
 # 2. voxrt itself.

@@ -7,8 +7,9 @@ use voxrt::ConfigSource;
 
 /// voxrt: WebSocket voice processing server (resampling, VAD, levels).
 ///
-/// Configuration: embedded defaults, then VOXRT_PROFILE (development|production|test),
-/// then the file in VOXRT_CONFIG, then VOXRT_<SECTION>__<KEY> variables. SIGHUP reloads it.
+/// Configuration: embedded defaults, then VOXRT_PROFILE (bench|development|production|test),
+/// then the file in VOXRT_CONFIG, then VOXRT_<SECTION>__<KEY> variables (other VOXRT_* names,
+/// such as the clients' VOXRT_TOKEN, are ignored with a warning). SIGHUP reloads it.
 #[derive(Parser)]
 #[command(version, about)]
 struct Args {
@@ -113,6 +114,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for name in source.ignored_variables() {
+        tracing::warn!(
+            variable = name,
+            "{name} is not a setting and is ignored (settings are VOXRT_<SECTION>__<KEY>, \
+             VOXRT_PROFILE and VOXRT_CONFIG)"
+        );
+    }
     // Panics caught by supervisors (a processor's, say) still reach the log as one line in
     // the configured format, rather than as raw text on stderr.
     std::panic::set_hook(Box::new(|info| {

@@ -1,14 +1,16 @@
 //! The client examples as users run them: `mic_capture` and `stream_wav` run as child
-//! processes of this test against the real `voxrt` binary, with real audio (the alsa-utils
+//! processes of this test against the real `voxrt` binary (and `custom_processor`, the
+//! README's server with a processor of its own), with real audio (the alsa-utils
 //! speech recordings). They must report the recording's speech segment, stop the session
 //! cleanly, and fail in one line with the documented exit code when there is no input device
 //! or the server is unreachable or refuses them (401, 503). Nothing they print may contain
 //! panic or backtrace text (they run with `RUST_BACKTRACE=1` so that a panic would show one).
 //!
 //! `cargo test --test clients` does not build the examples. They come from
-//! `cargo build --examples`, or from `cargo test --workspace --all-targets` (what scripts/test
-//! runs), which builds every example before any test runs. A missing or stale example binary
-//! fails the test with what to run.
+//! `cargo build --features mic --examples`, or from `cargo test --workspace --all-targets
+//! --features voxrt/mic` (what scripts/test runs), which builds every example before any test
+//! runs (`mic_capture` only with the `mic` feature). A missing or stale example binary fails
+//! the test with what to run.
 //!
 //! ## A microphone without a sound card
 //!
@@ -364,6 +366,69 @@ fn stream_wav_fast_streams_any_rate_and_channel_count() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 2b. custom_processor: the README's own-processor server, streamed to by stream_wav
+// ---------------------------------------------------------------------------------------------
+
+/// The README's two commands: `custom_processor` serves with `clipping` registered next to
+/// the built-ins, and `stream_wav --json` streams 1 s of silence, 0.5 s at full scale and
+/// 1 s of silence to it. Before `session.closed` comes the processor's one `clipping` event,
+/// at the end of the audio, counting the 0.5 s (8,000 pipeline samples, give or take the
+/// resampler's edges); the server exits 0 on SIGTERM.
+#[test]
+fn custom_processor_example_serves_its_own_event_to_a_client() {
+    let mut cmd = Command::new(example("custom_processor"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("VOXRT_PROFILE", "test");
+    let server = ServerProcess::spawn(cmd);
+    let home = temp_dir("custom-processor");
+    let rate = 48_000;
+    let mut clip = audio::silence(rate, 1.0);
+    clip.extend(std::iter::repeat_n(1.0, rate as usize / 2));
+    clip.extend(audio::silence(rate, 1.0));
+    let path = home.path().join("clipped.wav");
+    write_wav(&path, &clip, rate, 1, false);
+    let url = format!("ws://127.0.0.1:{}", server.port);
+
+    let out = Run::spawn(
+        "stream_wav",
+        home.path(),
+        &[
+            "--fast",
+            "--json",
+            "--url",
+            &url,
+            path.to_str().expect("UTF-8 path"),
+        ],
+    )
+    .finish();
+    out.assert_no_panic();
+    assert_eq!(out.code, Some(0), "{out}");
+    let events = out.events();
+    let clipping = of_type(&events, "clipping");
+    assert_eq!(clipping.len(), 1, "one clipping event at the end\n{out}");
+    let samples = clipping[0]["samples"].as_u64().expect("samples");
+    assert!(
+        samples.abs_diff(8_000) <= 160,
+        "{samples} clipped samples for 0.5 s at full scale\n{out}"
+    );
+    let t_ms = clipping[0]["t_ms"].as_u64().expect("t_ms");
+    println!("custom_processor: {samples} clipped samples, reported at {t_ms} ms");
+    assert!(t_ms.abs_diff(2_500) <= 20, "clipping at {t_ms} ms\n{out}");
+    let closed = closed_event(&events);
+    assert_eq!(closed["reason"], "client_stop", "{out}");
+    let position = |e: &Value| events.iter().position(|x| x == e).expect("event");
+    assert!(
+        position(clipping[0]) < position(closed),
+        "the flush event comes before session.closed\n{out}"
+    );
+
+    server.signal("TERM");
+    let (code, _logs) = server.wait();
+    assert_eq!(code, Some(0), "custom_processor exit code");
+}
+
+// ---------------------------------------------------------------------------------------------
 // 3. No input device
 // ---------------------------------------------------------------------------------------------
 
@@ -552,7 +617,8 @@ fn example(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("test binary under target/<profile>/deps");
     let path = profile_dir.join("examples").join(name);
-    let build = "build the examples first: `cargo build --examples` (scripts/test does)";
+    let build =
+        "build the examples first: `cargo build --features mic --examples` (scripts/test does)";
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|e| panic!("example binary {}: {e}; {build}", path.display()));

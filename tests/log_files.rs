@@ -339,7 +339,7 @@ fn hs256(secret: &str, claims: &Value) -> String {
     encode(
         &Header::new(Algorithm::HS256),
         claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
+        &EncodingKey::from_secret(secret.as_bytes()).expect("HS256 key"),
     )
     .expect("encode")
 }

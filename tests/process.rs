@@ -35,6 +35,47 @@ fn unknown_config_key_exits_2_naming_it() {
     assert!(stderr.contains("treshold"), "{stderr}");
 }
 
+/// `VOXRT_*` variables that are not settings (the clients' `VOXRT_TOKEN`, say, exported in
+/// the same shell) do not stop the server: it starts, serves, warns once per name without
+/// its value, and still reads the `VOXRT_<SECTION>__<KEY>` beside them.
+#[test]
+fn client_variables_in_the_environment_are_ignored_with_a_warning() {
+    const TOKEN: &str = "vx-newcomer-client-key-81f3";
+    let server = ServerProcess::start(&[
+        ("VOXRT_TOKEN", TOKEN),
+        ("VOXRT_URL", "ws://127.0.0.1:1"),
+        ("VOXRT_REGISTRY__MAX_SESSIONS", "1500"),
+    ]);
+    let health = common::http::request("GET", &format!("{}/health", server.http()), None);
+    health.expect(200);
+    let warned: Vec<&str> = server
+        .startup_logs
+        .iter()
+        .filter(|l| l["level"] == "WARN")
+        .filter_map(|l| l["variable"].as_str())
+        .collect();
+    assert_eq!(
+        warned,
+        ["VOXRT_TOKEN", "VOXRT_URL"],
+        "{:?}",
+        server.startup_logs
+    );
+    let startup = serde_json::to_string(&server.startup_logs).expect("JSON");
+    assert!(
+        !startup.contains(TOKEN),
+        "a variable's value reached the log: {startup}"
+    );
+    let stats = common::http::request("GET", &format!("{}/v1/stats", server.http()), None);
+    assert_eq!(
+        stats.expect(200)["server"]["limits"]["registry"]["max_sessions"],
+        json!(1500),
+        "the settings variable beside them is read"
+    );
+    server.signal("TERM");
+    let (code, _logs) = server.wait();
+    assert_eq!(code, Some(0));
+}
+
 /// `--print-config` shows the effective settings after every layer.
 #[test]
 fn print_config_shows_effective_settings() {

@@ -3,14 +3,15 @@
 //! Start a server (`cargo run`), then, from the workspace root:
 //!
 //! ```text
-//! cargo run --example mic_capture
-//! cargo run --example mic_capture -- --list-devices
-//! cargo run --example mic_capture -- --device "hw:CARD=1,DEV=0" --url ws://127.0.0.1:8080
-//! cargo run --example mic_capture -- --json
-//! cargo run --example mic_capture -- --token "$(cat client-key)"   # server with auth on
+//! cargo run --features mic --example mic_capture
+//! cargo run --features mic --example mic_capture -- --list-devices
+//! cargo run --features mic --example mic_capture -- --device "hw:CARD=1,DEV=0" --url ws://127.0.0.1:8080
+//! cargo run --features mic --example mic_capture -- --json
+//! cargo run --features mic --example mic_capture -- --token "$(cat client-key)"   # server with auth on
 //! ```
 //!
-//! (On Linux, building needs the ALSA headers: `apt-get install libasound2-dev pkg-config`.)
+//! It builds only with the `mic` feature, which brings in cpal; on Linux that needs the ALSA
+//! headers: `apt-get install libasound2-dev pkg-config`. (The server and `stream_wav` do not.)
 //!
 //! Without a sound card, ALSA's `default` device cannot be opened: the example says so and
 //! exits with 2 (alsa-lib itself prints a few `ALSA lib ...` lines to stderr first). ALSA's

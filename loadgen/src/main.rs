@@ -4,9 +4,14 @@
 //! server's CPU and memory next to its own.
 //!
 //! ```text
+//! VOXRT_PROFILE=bench voxrt &      # the server, with config/bench.toml
 //! voxrt-loadgen --sessions 100 --duration 30 --server-pid $(pgrep -x voxrt)
 //! voxrt-loadgen --ramp 100,200,400 --duration 60 --json
 //! ```
+//!
+//! Every session comes from this one address: a server with the default limits refuses it
+//! after 50 sessions (429 `too_many_sessions`) or 120 attempts a minute. The `bench` profile
+//! raises those limits and changes nothing else.
 //!
 //! It is built to cost far less than the server it measures: the audio is encoded once and
 //! every session sends slices of the same buffer; sessions are tasks on one tokio runtime

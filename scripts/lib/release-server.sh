@@ -1,22 +1,18 @@
 # Sourced by scripts/soak and scripts/capacity: the release voxrt server on an OS-picked
-# port, with per-address limits raised so that one machine's loopback clients can open
-# every session, and JSON logs in a file.
+# port with the bench profile (config/bench.toml: per-address limits raised so that one
+# machine's loopback clients can open every session, up to 10,000), and JSON logs in a file.
 #
 #   start_release_server LOG SESSIONS   # sets $server (pid) and $port; exits 2 if it fails
 #   stop_release_server                 # SIGTERM, waits up to 30 s; sets $server_rc
 
 start_release_server() {
   local log=$1 sessions=$2
-  # Room for every session from one address, and for the registry's memory reservation
-  # (about 2.2 MiB per session with the defaults).
-  local max_sessions=$((sessions + 100 > 2000 ? sessions + 100 : 2000))
-  local budget_mb=$((max_sessions * 3 > 4096 ? max_sessions * 3 : 4096))
-  VOXRT_SERVER__PORT=0 \
+  if ((sessions > 10000)); then
+    echo "$(basename "$0"): the bench profile admits at most 10000 sessions" >&2
+    exit 2
+  fi
+  VOXRT_PROFILE=bench VOXRT_SERVER__PORT=0 \
     VOXRT_LOG__FORMAT=json VOXRT_LOG__LEVEL=info \
-    VOXRT_REGISTRY__MAX_SESSIONS=$max_sessions \
-    VOXRT_REGISTRY__MAX_SESSIONS_PER_IP=$max_sessions \
-    VOXRT_REGISTRY__MEMORY_BUDGET_MB=$budget_mb \
-    VOXRT_SECURITY__NEW_SESSIONS_PER_MINUTE_PER_IP=1000000 \
     target/release/voxrt >"$log" 2>&1 &
   server=$!
   # The port, from the "voxrt listening" log line.

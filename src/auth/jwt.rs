@@ -39,7 +39,14 @@ impl JwtVerifier {
             "" => return Ok(None),
             "HS256" => (
                 Algorithm::HS256,
-                DecodingKey::from_secret(settings.hs256_secret.as_bytes()),
+                // Empty is the only secret refused here; validation asks for 32 bytes anyway.
+                DecodingKey::from_secret(settings.hs256_secret.as_bytes()).map_err(|_| {
+                    SettingsError::Invalid {
+                        key: "auth.jwt.hs256_secret",
+                        value: "(0 bytes)".into(),
+                        allowed: "must not be empty with algorithm HS256".into(),
+                    }
+                })?,
             ),
             "RS256" => (
                 Algorithm::RS256,

@@ -1,8 +1,9 @@
 //! The server's one typed configuration, loaded in layers and validated at startup.
 //!
 //! Layers, last wins: embedded `config/default.toml` -> embedded profile file
-//! (`VOXRT_PROFILE`: development | production | test) -> the file named by `VOXRT_CONFIG`
-//! -> `VOXRT_<SECTION>__<KEY>` environment variables. Unknown keys are errors, and
+//! (`VOXRT_PROFILE`: bench | development | production | test) -> the file named by `VOXRT_CONFIG`
+//! -> `VOXRT_<SECTION>__<KEY>` environment variables (other `VOXRT_*` names are not read).
+//! Unknown keys are errors, and
 //! [`Settings::validate`] names the bad key, its value and the allowed range.
 
 mod access;
@@ -23,13 +24,24 @@ use voxrt_actors::settings::{
 };
 
 const DEFAULT: &str = include_str!("../../config/default.toml");
-const PROFILES: [(&str, &str); 3] = [
+const PROFILES: [(&str, &str); 4] = [
+    ("bench", include_str!("../../config/bench.toml")),
     ("development", include_str!("../../config/development.toml")),
     ("production", include_str!("../../config/production.toml")),
     ("test", include_str!("../../config/test.toml")),
 ];
 /// Environment variables that pick files rather than set keys.
 const ENV_SELECTORS: [&str; 2] = ["VOXRT_PROFILE", "VOXRT_CONFIG"];
+
+/// Whether the server reads `name` as a setting: `VOXRT_<SECTION>__<KEY>` (the `__` is the
+/// section separator). Other `VOXRT_*` names, such as `VOXRT_TOKEN` that the example clients
+/// and the load generator read, are not settings: they are ignored, with a warning at startup
+/// ([`ConfigSource::ignored_variables`]), so a client's variable in the same shell cannot stop
+/// the server. A `VOXRT_<SECTION>__<KEY>` that names no key is still an error.
+fn is_settings_variable(name: &str) -> bool {
+    name.strip_prefix("VOXRT_")
+        .is_some_and(|rest| rest.contains("__"))
+}
 
 /// Everything voxrt can be configured with; `config/default.toml` documents each key.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,6 +117,22 @@ impl ConfigSource {
         Settings::load_from(self.profile.as_deref(), &self.env, &overrides)
     }
 
+    /// `VOXRT_*` variables in the environment that the server does not read: neither
+    /// `VOXRT_PROFILE`, `VOXRT_CONFIG` nor `VOXRT_<SECTION>__<KEY>`. Sorted names only (the
+    /// values may be credentials), for the startup warning.
+    pub fn ignored_variables(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .env
+            .keys()
+            .map(String::as_str)
+            .filter(|k| {
+                k.starts_with("VOXRT_") && !ENV_SELECTORS.contains(k) && !is_settings_variable(k)
+            })
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
     /// The profile in force, for `/v1/stats`.
     pub fn profile_name(&self) -> String {
         self.profile
@@ -129,7 +157,8 @@ pub struct ServerSettings {
     pub shutdown_grace_s: u64,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<TrustedProxy>,
-    /// Milliseconds a client has to send its request head; slower connections are dropped.
+    /// Milliseconds a client has to send its request head; slower connections get 408 and
+    /// are closed.
     pub request_header_timeout_ms: u64,
     /// Seconds sent data may stay unacknowledged (or a peer's window closed) before the
     /// kernel drops the connection (TCP_USER_TIMEOUT); 0 leaves the system default.
@@ -212,7 +241,7 @@ pub enum LogFormat {
 #[derive(Debug, Error)]
 pub enum SettingsError {
     /// `VOXRT_PROFILE` names no profile.
-    #[error("VOXRT_PROFILE=\"{0}\" is not a profile; use development, production or test")]
+    #[error("VOXRT_PROFILE=\"{0}\" is not a profile; use bench, development, production or test")]
     UnknownProfile(String),
     /// A file or variable could not be read or does not fit the schema (unknown key, wrong type).
     #[error("{0}")]
@@ -261,7 +290,7 @@ impl Settings {
         }
         let vars: HashMap<String, String> = env
             .iter()
-            .filter(|(k, _)| k.starts_with("VOXRT_") && !ENV_SELECTORS.contains(&k.as_str()))
+            .filter(|(k, _)| is_settings_variable(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         builder = builder.add_source(

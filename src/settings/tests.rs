@@ -18,7 +18,13 @@ fn embedded_defaults_are_valid_for_every_profile() {
         ("VOXRT_ADMIN__TOKEN_SHA256", &*hash),
         ("VOXRT_AUTH__API_KEYS_SHA256", &*hash),
     ];
-    for profile in [None, Some("development"), Some("production"), Some("test")] {
+    for profile in [
+        None,
+        Some("bench"),
+        Some("development"),
+        Some("production"),
+        Some("test"),
+    ] {
         let s = Settings::load_from(profile, &env(&token), &[]).unwrap();
         s.validate(&catalog).unwrap();
     }
@@ -74,6 +80,24 @@ fn trusted_proxies_take_addresses_and_ranges() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("not an IP address or CIDR range"), "{err}");
+}
+
+#[test]
+fn client_variables_are_not_settings() {
+    let vars = env(&[
+        ("VOXRT_TOKEN", "vx-client-key"),
+        ("VOXRT_URL", "ws://127.0.0.1:9"),
+        ("VOXRT_SERVER__PORT", "9000"),
+        ("VOXRT_PROFILE", "test"),
+        ("HOME", "/root"),
+    ]);
+    let s = Settings::load_from(None, &vars, &[]).unwrap();
+    assert_eq!(s.server.port, 9000);
+    let source = ConfigSource {
+        env: vars,
+        ..ConfigSource::default()
+    };
+    assert_eq!(source.ignored_variables(), ["VOXRT_TOKEN", "VOXRT_URL"]);
 }
 
 #[test]

@@ -12,6 +12,8 @@ pub struct ServerProcess {
     pub child: Child,
     pub port: u16,
     pub logs: mpsc::Receiver<Value>,
+    /// The log lines before "voxrt listening" (startup warnings).
+    pub startup_logs: Vec<Value>,
 }
 
 /// The `voxrt` binary with a clean environment (only `PATH`) and the test profile.
@@ -57,18 +59,22 @@ impl ServerProcess {
             }
         });
         let mut port = None;
+        let mut startup_logs = Vec::new();
         while port.is_none() {
             let line = logs.recv_timeout(HANG).expect("voxrt logs its address");
             if line["message"] == "voxrt listening" {
                 let addr: std::net::SocketAddr =
                     line["addr"].as_str().expect("addr").parse().expect("addr");
                 port = Some(addr.port());
+            } else {
+                startup_logs.push(line);
             }
         }
         ServerProcess {
             child,
             port: port.expect("port"),
             logs,
+            startup_logs,
         }
     }
 
