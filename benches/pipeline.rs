@@ -17,9 +17,9 @@ use voxrt::actors::audio::{Encoding, InputFormat};
 use voxrt::actors::counters::SessionCounters;
 use voxrt::actors::metrics::Metrics;
 use voxrt::actors::pipeline::Pipeline;
+use voxrt::actors::pipeline::{AudioChunk, Flush, PipelineOutput};
 use voxrt::actors::processors::ProcessorCatalog;
 use voxrt::actors::protocol::StreamParams;
-use voxrt::actors::pipeline::{AudioChunk, Flush, PipelineOutput};
 
 const SPEECH: &str = "/usr/share/sounds/alsa/Front_Center.wav";
 const SESSIONS: usize = 50;

@@ -269,7 +269,10 @@ impl SocketAbortHandle {
     fn of(conn: &dyn std::any::Any) -> Option<Self> {
         use std::os::fd::AsFd;
         let tcp = conn.downcast_ref::<actix_web::rt::net::TcpStream>()?;
-        tcp.as_fd().try_clone_to_owned().ok().map(|fd| Self(Arc::new(fd)))
+        tcp.as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(|fd| Self(Arc::new(fd)))
     }
 
     /// Resets the connection: linger 0 and a shutdown both ways, so the HTTP dispatcher

@@ -106,6 +106,17 @@ impl Client {
     }
 
     pub async fn connect(url: &str) -> Result<Client, Refusal> {
+        let mut client = Client::connect_raw(url).await?;
+        match client.recv().await {
+            Received::Event(v) if v["type"] == "session.started" => client.started = v,
+            other => panic!("expected session.started, got {other:?}"),
+        }
+        Ok(client)
+    }
+
+    /// Connects without reading the first frame (a resume's is `session.resumed`);
+    /// `started` is null. `Err` carries the HTTP refusal.
+    pub async fn connect_raw(url: &str) -> Result<Client, Refusal> {
         let connect = tokio::time::timeout(HANG, tokio_tungstenite::connect_async(url))
             .await
             .expect("connect hung");
@@ -132,7 +143,10 @@ impl Client {
             }
             Err(e) => panic!("connect failed: {e}"),
         };
-        Ok(Client::from_stream(ws).await)
+        Ok(Client {
+            ws,
+            started: Value::Null,
+        })
     }
 
     /// Wraps an upgraded connection and reads `session.started`.

@@ -1,8 +1,8 @@
 //! `level`: RMS and peak loudness per interval.
 
 use super::{to_dbfs, Processor, SAMPLES_PER_MS};
-use crate::protocol::ServerEvent;
 use crate::audio::AudioBlock;
+use crate::protocol::ServerEvent;
 use crate::settings::LevelSettings;
 
 /// Emits `{"type":"level","t_ms","rms_dbfs","peak_dbfs"}` every `interval_ms` of audio, with

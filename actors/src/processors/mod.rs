@@ -34,9 +34,9 @@ mod vad;
 pub use level::LevelProcessor;
 pub use vad::VadProcessor;
 
+use crate::audio::AudioBlock;
 use crate::audio::InputFormat;
 use crate::protocol::ServerEvent;
-use crate::audio::AudioBlock;
 use crate::settings::{LevelSettings, VadSettings};
 use std::collections::BTreeMap;
 use std::sync::Arc;

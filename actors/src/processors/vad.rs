@@ -1,8 +1,8 @@
 //! `vad`: speech segments from the earshot detector.
 
 use super::{Processor, SAMPLES_PER_MS};
-use crate::protocol::{ServerEvent, VadEventKind};
 use crate::audio::AudioBlock;
+use crate::protocol::{ServerEvent, VadEventKind};
 use crate::settings::VadSettings;
 
 /// earshot's frame: 256 samples (16 ms) at 16 kHz.

@@ -101,7 +101,10 @@ pub fn parse_resume(
     let id = uuid::Uuid::parse_str(raw.trim()).map_err(|_| {
         invalid(
             "resume",
-            format!("resume must be a session id (a UUID); got \"{}\"", clip(raw)),
+            format!(
+                "resume must be a session id (a UUID); got \"{}\"",
+                clip(raw)
+            ),
         )
     })?;
     let token = match query.get("resume_token") {

@@ -202,7 +202,10 @@ impl SessionRegistry {
             }
             let ttl_ms = live.ttl_ms.map_or(ttl_ms, |own| own.min(ttl_ms));
             // A detached session's clock is its resume window, kept by the session itself.
-            let attached = live.counters.attached.load(std::sync::atomic::Ordering::Relaxed);
+            let attached = live
+                .counters
+                .attached
+                .load(std::sync::atomic::Ordering::Relaxed);
             let reason = if live.counters.age_ms(now) >= ttl_ms {
                 CloseReason::TtlExpired
             } else if attached && live.counters.idle_ms(now) >= idle_ms {

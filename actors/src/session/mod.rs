@@ -106,6 +106,8 @@ pub struct Session {
     ttl_s: Option<u64>,
     /// Since when the attached connection's unread queue has been over `max_outgoing_bytes`.
     over_since: Option<Instant>,
+    /// Bytes of a resume's replay not yet read down to the bound (see `check_reader`).
+    replay_allowance: usize,
     /// Processor restarts within the last `supervision.period_s`, oldest first (at most
     /// `max_restarts + 1`).
     restarts: VecDeque<Instant>,
@@ -172,6 +174,7 @@ impl Session {
             ended: None,
             ttl_s,
             over_since: None,
+            replay_allowance: 0,
             restarts: VecDeque::new(),
             register,
             unregister,
@@ -217,23 +220,26 @@ impl Session {
             });
             return self.end(ctx, EndReason::ResumeBufferOverflow);
         }
-        self.send_text(ctx, text);
+        self.send_text(text);
+        self.check_reader(ctx);
     }
 
     /// Hands a sequenced message to the attached connection, counting it as unread until
     /// the socket takes it.
-    fn send_text(&mut self, ctx: &mut Context<Self>, text: Arc<str>) {
+    fn send_text(&mut self, text: Arc<str>) {
         let Some(conn) = &self.attached else {
             return;
         };
         let len = text.len();
         self.counters.events_sent.fetch_add(1, Relaxed);
         self.counters.bytes_out.fetch_add(len as u64, Relaxed);
-        self.metrics
-            .frame(crate::metrics::Direction::Out, crate::metrics::FrameKind::Text, len);
+        self.metrics.frame(
+            crate::metrics::Direction::Out,
+            crate::metrics::FrameKind::Text,
+            len,
+        );
         conn.outgoing.fetch_add(frame_len(len), Relaxed);
         conn.to_client.do_send(ToClient::Text(text));
-        self.check_reader(ctx);
     }
 
     /// Whether the attached client is reading. Over `max_outgoing_bytes` unread for
@@ -250,6 +256,13 @@ impl Session {
         self.counters.outgoing_bytes.store(queued, Relaxed);
         if queued <= max {
             self.over_since = None;
+            self.replay_allowance = 0;
+            return;
+        }
+        // A resume's replay was asked for all at once: it counts against the bound only
+        // once the client has read it down to the bound.
+        let queued = queued.saturating_sub(self.replay_allowance);
+        if queued <= max {
             return;
         }
         let since = *self.over_since.get_or_insert_with(Instant::now);
@@ -317,8 +330,11 @@ impl Session {
         self.closing = Some(reason);
         let stats = self.counters.stats();
         self.deliver(ctx, &ServerEvent::SessionClosed { reason, stats });
-        self.metrics
-            .frame(crate::metrics::Direction::Out, crate::metrics::FrameKind::Close, 2);
+        self.metrics.frame(
+            crate::metrics::Direction::Out,
+            crate::metrics::FrameKind::Close,
+            2,
+        );
         self.let_go(ctx, code, None);
         self.span
             .in_scope(|| info!(?reason, code, ?stats, "session closed"));
@@ -369,7 +385,11 @@ impl Session {
     fn flush(&mut self, ctx: &mut Context<Self>, kind: FlushKind) {
         self.flushes.push_back(kind);
         // Control is never dropped: the session waits for room, handling nothing meanwhile.
-        match self.pipeline.resampler.offer(Flush, BackpressurePolicy::Block) {
+        match self
+            .pipeline
+            .resampler
+            .offer(Flush, BackpressurePolicy::Block)
+        {
             Offer::Queued => {}
             Offer::Wait(room) => ctx.wait(room.into_actor(self).map(|res, act, ctx| {
                 if res.is_err() {

@@ -88,8 +88,12 @@ impl Session {
         self.counters.attached.store(false, Relaxed);
         self.metrics.detaches.inc();
         let window = Duration::from_secs(self.config.limits.resume_window_s);
-        self.span
-            .in_scope(|| info!(window_s = window.as_secs(), "connection lost; session detached"));
+        self.span.in_scope(|| {
+            info!(
+                window_s = window.as_secs(),
+                "connection lost; session detached"
+            )
+        });
         if let Some(old) = self.resume_deadline.take() {
             ctx.cancel_future(old);
         }
@@ -162,9 +166,11 @@ impl Handler<Attach> for Session {
             input_frames: frames,
             replayed: replay.len(),
         };
-        self.send_text(ctx, resumed.to_json().into());
+        self.send_text(resumed.to_json().into());
+        self.replay_allowance = replay.iter().map(|t| super::frame_len(t.len())).sum();
+        self.over_since = None;
         for text in replay {
-            self.send_text(ctx, text);
+            self.send_text(text);
         }
         self.metrics.resumes.inc();
         self.counters.resumes.fetch_add(1, Relaxed);
