@@ -203,7 +203,7 @@ impl Link {
         let frame = resumed
             .input_frames
             .unwrap_or(resumed.audio_ms * u64::from(self.rate) / 1000);
-        self.writer.ring.from_frame(frame).map_err(|(kept, sent)| {
+        self.writer.ring.since_frame(frame).map_err(|(kept, sent)| {
             Failure::Session(format!(
                 "session {} resumed at input frame {frame}, but this client keeps frames \
                  {kept} to {sent} only: the audio timeline cannot continue",

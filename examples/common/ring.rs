@@ -74,7 +74,7 @@ impl AudioRing {
     /// A copy of the audio from input frame `frame` on, for a resumed session to continue
     /// from; `Err` with the oldest frame kept when `frame` is older than that or newer than
     /// what was sent.
-    pub(super) fn from_frame(&self, frame: u64) -> Result<Vec<u8>, (u64, u64)> {
+    pub(super) fn since_frame(&self, frame: u64) -> Result<Vec<u8>, (u64, u64)> {
         if frame < self.start_frame || frame > self.end_frame() {
             return Err((self.start_frame, self.end_frame()));
         }
