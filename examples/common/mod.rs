@@ -316,18 +316,25 @@ impl Events {
     /// Sends `stop` and waits for `session.closed` (Ctrl-C or [`CLOSE_TIMEOUT`], plus the
     /// resume window, give up waiting, and fail); the connection closes after it.
     pub async fn stop(mut self, uplink: Uplink) -> Result<Closed, Failure> {
-        // A send error means the task has ended already: `ended` says how.
-        let _ = uplink.tx.send(Command::Stop).await;
-        drop(uplink);
         let limit = CLOSE_TIMEOUT + self.window;
-        let waited = tokio::select! {
-            r = tokio::time::timeout(limit, self.ended()) => r,
-            _ = tokio::signal::ctrl_c() => {
-                self.task.abort();
-                return Err(Failure::Session(
-                    "interrupted; not waiting for session.closed".into(),
-                ));
+        let interrupted = {
+            let finish = async {
+                // Waits while a reconnect holds audio up; a send error means the task has
+                // ended already: `ended` says how.
+                let _ = uplink.tx.send(Command::Stop).await;
+                drop(uplink);
+                self.ended().await
+            };
+            tokio::select! {
+                r = tokio::time::timeout(limit, finish) => Some(r),
+                _ = tokio::signal::ctrl_c() => None,
             }
+        };
+        let Some(waited) = interrupted else {
+            self.task.abort();
+            return Err(Failure::Session(
+                "interrupted; not waiting for session.closed".into(),
+            ));
         };
         let Ok(closed) = waited else {
             self.task.abort();
