@@ -415,13 +415,13 @@ async fn stats_match_what_the_client_sent_and_received_exactly() {
             .unwrap_or_else(|| panic!("stage {name} in {all}"))
             .clone()
     };
-    for name in ["session", "resampler", "level", "vad"] {
+    for name in ["connection", "session", "resampler", "level", "vad"] {
         assert_eq!(stage(name)["alive"], 1, "{name}: {all}");
         assert_eq!(stage(name)["mailbox_depth"], 0, "{name}: {all}");
     }
-    // Every frame the client sent was one message to its session actor.
+    // Every frame the client sent was one message to its connection actor.
     assert!(
-        stage("session")["messages_handled"].as_u64() >= Some(c.chunks_sent + 3),
+        stage("connection")["messages_handled"].as_u64() >= Some(c.chunks_sent + 3),
         "{all}"
     );
     assert_eq!(

@@ -115,9 +115,10 @@ async fn over_max_sessions_per_ip_is_429_too_many_sessions() {
 /// client gets 503 `memory_budget_exceeded` with Retry-After.
 #[tokio::test]
 async fn over_memory_budget_is_503_memory_budget_exceeded() {
-    // 8 MiB frames make one reservation ~8.6 MiB: 16 MiB (the smallest budget) holds one.
+    // 4 MiB frames make one reservation ~9 MiB (a frame being read and a message being
+    // reassembled): 16 MiB (the smallest budget) holds one.
     let server = TestServer::start(&[
-        ("session.max_binary_frame_bytes", "8388608"),
+        ("session.max_binary_frame_bytes", "4194304"),
         ("registry.memory_budget_mb", "16"),
     ]);
     let reserve = server.registry_stats().await.reserve_bytes_per_session;

@@ -361,13 +361,15 @@ async fn realtime_client(client: Client) -> (Vec<Value>, Option<u16>) {
 /// Client processes killed with SIGKILL (the kernel closes their sockets, no close frame)
 /// and one frozen with SIGSTOP (its connection stays open but answers no heartbeat) are
 /// all detected, the frozen one by the heartbeat after `heartbeat_timeout_s`. Their
-/// sessions and every actor they had stop, and the server's counts return to where they
-/// were, while a well-behaved session streams through it all.
+/// sessions detach, nobody resumes them, and they expire after `resume_window_s`; every
+/// actor they had stops, and the server's counts return to where they were, while a
+/// well-behaved session streams through it all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_vanish_are_detected_and_leave_nothing_behind() {
     let server = ServerProcess::start(&[
         ("VOXRT_SESSION__HEARTBEAT_INTERVAL_S", "1"),
         ("VOXRT_SESSION__HEARTBEAT_TIMEOUT_S", "3"),
+        ("VOXRT_SESSION__RESUME_WINDOW_S", "2"),
     ]);
     let url = server.url(&query(16_000));
     let baseline = leftovers(&server.stats().await);
@@ -396,13 +398,19 @@ async fn clients_that_vanish_are_detected_and_leave_nothing_behind() {
     let frozen_at = std::time::Instant::now();
 
     let stats = server
+        .wait_for_stats("four sessions detached", |s| {
+            s["registry"]["sessions_detached"] == 4
+        })
+        .await;
+    let detected_after = frozen_at.elapsed();
+    assert_eq!(stats["registry"]["sessions_active"], 5, "{stats}");
+    let stats = server
         .wait_for_stats("only the healthy session left", |s| {
             s["registry"]["sessions_active"] == 1
         })
         .await;
-    let detected_after = frozen_at.elapsed();
     assert_eq!(
-        stats["registry"]["closed_by_reason"]["connection_lost"], 4,
+        stats["registry"]["closed_by_reason"]["resume_expired"], 4,
         "{stats}"
     );
     // Only the heartbeat can tell a frozen peer from a quiet one: not before the timeout.

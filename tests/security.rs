@@ -1109,6 +1109,9 @@ async fn client_that_never_reads_is_closed_slow_consumer_readers_are_not() {
         ("session.heartbeat_interval_s", "1"),
         ("session.heartbeat_timeout_s", "120"),
         ("server.tcp_user_timeout_s", "2"),
+        // Resume off: the slow consumer's session ends rather than detaching
+        // (tests/resume.rs covers the detach and resume).
+        ("session.resume_window_s", "0"),
     ]);
     let healthy = Healthy::start(server.connect(SPEECH_48K).await, false).await;
     let (speech, rate) = audio::read_wav(audio::SPEECH);

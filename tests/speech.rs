@@ -377,3 +377,54 @@ async fn vad_threshold_zero_marks_everything_after_warmup_as_speech() {
     assert!((250..=266).contains(&start), "start {start}");
     assert!((1984..=2000).contains(&end), "end {end}");
 }
+
+/// Flushes in the middle of speech close the open segment at the flush point; the next
+/// segment never starts before that point, segments never overlap, and `t_ms` never goes
+/// back behind a `flushed` event, wherever the flushes fall relative to VAD frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushes_mid_speech_never_make_segments_overlap_or_time_go_backwards() {
+    let server = TestServer::start(&[]);
+    let (speech, rate) = audio::read_wav(audio::SPEECH);
+    let mono = audio::padded(&audio::resample(&speech, rate, 16_000), 16_000, 0.5, 0.5);
+    let pcm = audio::s16le(&mono, 1);
+    // Flush points at odd offsets (not multiples of the 16 ms VAD frame), every 0.4-0.7 s.
+    for step in [13_330usize, 17_770, 22_250] {
+        let mut c = server
+            .connect("sample_rate=16000&channels=1&encoding=pcm_s16le")
+            .await;
+        let mut events = Vec::new();
+        for piece in pcm.chunks(step) {
+            events.extend(c.stream_and_flush(piece, 640).await);
+        }
+        let (rest, code) = c.stop().await;
+        assert_eq!(code, Some(1000));
+        events.extend(rest);
+        let (mut floor, mut last_t, mut open) = (0u64, 0u64, false);
+        for e in &events {
+            match e["type"].as_str() {
+                Some("flushed") => floor = e["audio_ms"].as_u64().expect("audio_ms"),
+                Some("vad") => {
+                    let t = e["t_ms"].as_u64().expect("t_ms");
+                    assert!(
+                        t >= last_t,
+                        "step {step}: t_ms went back: {e} after {last_t}"
+                    );
+                    last_t = t;
+                    if e["event"] == "speech_start" {
+                        assert!(!open, "step {step}: overlapping segments at {e}");
+                        assert!(
+                            t >= floor,
+                            "step {step}: {e} starts before the flush at {floor}"
+                        );
+                        open = true;
+                    } else {
+                        assert!(open, "step {step}: speech_end without start: {e}");
+                        open = false;
+                    }
+                }
+                _ => {}
+            }
+        }
+        assert!(last_t > 0, "step {step}: speech was detected: {events:?}");
+    }
+}

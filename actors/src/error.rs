@@ -128,6 +128,10 @@ pub mod close_code {
     pub const NORMAL: u16 = 1000;
     /// Server shutting down.
     pub const GOING_AWAY: u16 = 1001;
+    /// WebSocket protocol error (RFC 6455 section 7.4.1).
+    pub const PROTOCOL: u16 = 1002;
+    /// A text message that is not valid UTF-8 (RFC 6455 sections 7.4.1 and 8.1).
+    pub const INVALID_DATA: u16 = 1007;
     /// Policy violation.
     pub const POLICY: u16 = 1008;
     /// Frame over its size limit.
@@ -197,12 +201,11 @@ pub enum SessionError {
         /// The type received (truncated to 64 characters).
         kind: String,
     },
-    /// A fragmented (continuation) frame; voxrt needs each message in one frame.
-    #[error("fragmented WebSocket messages are not supported; send each chunk as one frame")]
-    FragmentedMessage,
-    /// The WebSocket protocol was violated.
-    #[error("WebSocket protocol error")]
-    Protocol,
+    /// The client broke the WebSocket protocol (RFC 6455); the session ends with the RFC's
+    /// close code for what was wrong. (Fragmented messages are reassembled since this
+    /// variant replaced `fragmented_message`, which is no longer sent.)
+    #[error("WebSocket protocol error: {0}")]
+    Protocol(ProtocolViolation),
     /// The pipeline was behind and this chunk was dropped (`drop_newest` policy).
     #[error("audio chunk {seq} dropped: the pipeline is behind; send at real time")]
     AudioDropped {
@@ -250,8 +253,7 @@ impl SessionError {
             SessionError::JsonTooDeep { .. } => "json_too_deep",
             SessionError::MissingType => "invalid_message",
             SessionError::UnknownMessageType { .. } => "unknown_message_type",
-            SessionError::FragmentedMessage => "fragmented_message",
-            SessionError::Protocol => "protocol_error",
+            SessionError::Protocol(_) => "protocol_error",
             SessionError::AudioDropped { .. } => "audio_dropped",
             SessionError::AudioAfterStop => "audio_after_stop",
             SessionError::RateLimited(_) => "rate_limited",
@@ -264,7 +266,10 @@ impl SessionError {
 
     /// The `session.closed` reason when this error ends the session.
     pub fn close_reason(&self) -> crate::protocol::CloseReason {
-        crate::protocol::CloseReason::Error
+        match self {
+            SessionError::Protocol(_) => crate::protocol::CloseReason::ProtocolError,
+            _ => crate::protocol::CloseReason::Error,
+        }
     }
 
     /// The close code when this error ends the session; `None` if the session goes on.
@@ -273,13 +278,64 @@ impl SessionError {
             SessionError::FrameTooLarge { .. } | SessionError::TextFrameTooLarge { .. } => {
                 Some(close_code::TOO_BIG)
             }
-            SessionError::Protocol
-            | SessionError::RateLimited(_)
-            | SessionError::SlowConsumer { .. } => Some(close_code::POLICY),
+            SessionError::Protocol(violation) => Some(violation.close_code()),
+            SessionError::RateLimited(_) | SessionError::SlowConsumer { .. } => {
+                Some(close_code::POLICY)
+            }
             SessionError::Internal | SessionError::ProcessorFailed { .. } => {
                 Some(close_code::INTERNAL)
             }
             _ => None,
+        }
+    }
+}
+
+/// What a client got wrong at the WebSocket layer. The message names it for the client
+/// and the log; [`ProtocolViolation::close_code`] is the RFC 6455 code the session closes with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum ProtocolViolation {
+    /// A frame with RSV1, RSV2 or RSV3 set; no extension that defines them was negotiated.
+    #[error("a frame has reserved bits set (RSV {rsv:#05b}) but no extension was negotiated")]
+    ReservedBits {
+        /// The three RSV bits, RSV1 highest.
+        rsv: u8,
+    },
+    /// A frame from the client without a mask (RFC 6455 section 5.1).
+    #[error("a client frame is not masked")]
+    UnmaskedFrame,
+    /// An opcode RFC 6455 does not define (3-7, 11-15).
+    #[error("unknown opcode {0}")]
+    UnknownOpcode(u8),
+    /// A ping, pong or close frame without FIN (control frames cannot be fragmented).
+    #[error("a control frame is fragmented")]
+    FragmentedControlFrame,
+    /// A ping, pong or close frame with more than 125 bytes of payload.
+    #[error("a control frame carries {0} bytes; at most 125 are allowed")]
+    ControlFrameTooLong(usize),
+    /// A close frame whose payload is 1 byte, whose code is reserved or undefined, or whose
+    /// reason is not UTF-8.
+    #[error("a close frame has an invalid code or reason")]
+    InvalidClosePayload,
+    /// A new text or binary message began before the fragmented one ended.
+    #[error("a new data frame arrived before the fragmented message ended")]
+    DataFrameInFragmentedMessage,
+    /// A continuation frame arrived with no fragmented message started.
+    #[error("a continuation frame arrived with no fragmented message started")]
+    ContinuationWithoutStart,
+    /// A text message (one frame or reassembled) that is not valid UTF-8.
+    #[error("a text message is not valid UTF-8")]
+    InvalidUtf8,
+    /// A frame the decoder refused for another reason (its message has no detail).
+    #[error("a frame is malformed")]
+    Malformed,
+}
+
+impl ProtocolViolation {
+    /// The close code RFC 6455 gives this violation: 1007 for invalid UTF-8, 1002 otherwise.
+    pub fn close_code(self) -> u16 {
+        match self {
+            ProtocolViolation::InvalidUtf8 => close_code::INVALID_DATA,
+            _ => close_code::PROTOCOL,
         }
     }
 }

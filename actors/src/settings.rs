@@ -67,9 +67,11 @@ pub struct LevelSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionLimits {
-    /// Largest binary (audio) frame accepted, in bytes; larger closes with 1009.
+    /// Largest binary (audio) message accepted, in one frame or reassembled from fragments,
+    /// in bytes; larger closes with 1009.
     pub max_binary_frame_bytes: usize,
-    /// Largest text (control) frame accepted, in bytes; larger closes with 1009.
+    /// Largest text (control) message accepted, in one frame or reassembled, in bytes;
+    /// larger closes with 1009.
     pub max_text_frame_bytes: usize,
     /// How often the server pings the client, in seconds.
     pub heartbeat_interval_s: u64,

@@ -272,7 +272,8 @@ impl Settings {
     }
 
     /// The most memory one session can make the server hold, in bytes: audio in flight
-    /// before the resampler, one frame being read, full processor mailboxes (and the
+    /// before the resampler, one frame being read and a fragmented message being reassembled
+    /// (each at most `max_binary_frame_bytes`), full processor mailboxes (and the
     /// returned-audio queue) of at most 100 ms blocks, the outgoing queue, the events kept
     /// for resume, plus fixed per-session state.
     pub fn session_worst_case_bytes(&self) -> usize {
@@ -280,7 +281,8 @@ impl Settings {
         let stages = self.pipeline.processors.len() + 1;
         let per_block = MAX_BLOCK_SAMPLES * std::mem::size_of::<f32>();
         self.pipeline.max_inflight_bytes.get()
-            + self.session.max_binary_frame_bytes
+            // One frame in the decoder, one message being reassembled.
+            + 2 * self.session.max_binary_frame_bytes
             + stages * (self.pipeline.mailbox_capacity.get() + 1) * per_block
             // The outgoing queue closes the session at twice its bound.
             + 2 * self.session.max_outgoing_bytes

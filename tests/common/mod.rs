@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod audio;
+pub mod frames;
 pub mod http;
 pub mod process;
 pub mod proxy;
@@ -622,7 +623,13 @@ pub fn by_type(events: &[Value]) -> std::collections::BTreeMap<String, Vec<Value
     let mut out = std::collections::BTreeMap::<String, Vec<Value>>::new();
     for e in events {
         let kind = e["type"].as_str().unwrap_or("").to_owned();
-        out.entry(kind).or_default().push(e.clone());
+        // `seq` counts every message, so it depends on how processors' events interleave
+        // (either order is allowed); within one type only the content is compared.
+        let mut e = e.clone();
+        if let Some(obj) = e.as_object_mut() {
+            obj.remove("seq");
+        }
+        out.entry(kind).or_default().push(e);
     }
     out
 }

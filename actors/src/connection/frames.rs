@@ -1,7 +1,10 @@
-//! Frames from the client: each is counted, then dispatched by kind. Audio goes into the
-//! session's pipeline under the backpressure policy; text is a control message for the
-//! session; protocol errors are reported to it; a broken socket ends the connection.
+//! Frames from the client: each is counted, fragments are joined into messages, and each
+//! whole message is dispatched by kind. Audio goes into the session's pipeline under the
+//! backpressure policy; text is a control message for the session; protocol errors are
+//! reported to it (it closes with the RFC's code); a broken socket ends the connection.
 
+use super::fragments::{Complete, MessageKind};
+use super::intake::{classify, DecodeFault};
 use super::Connection;
 use crate::error::SessionError;
 use crate::metrics::{Direction, FrameKind};
@@ -10,37 +13,52 @@ use crate::protocol::{check_audio_frame, ClientMessage};
 use crate::session::{ConnectionEnd, FromClient};
 use crate::settings::BackpressurePolicy;
 use actix::prelude::*;
+use actix_http::ws::Item;
 use actix_web_actors::ws;
 use bytes::Bytes;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::info;
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Connection {
-    /// Dispatches every frame kind.
+    /// Counts every frame, joins fragments into messages and dispatches each whole message;
+    /// protocol errors are reported to the session, which closes with the RFC's code.
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        if self.closing && !self.stopped_by_client {
+            // A fatal error is with the session: nothing the client sends matters any more.
+            return;
+        }
         let began = Instant::now();
         self.last_heard = began;
-        if let Ok(frame) = &msg {
-            let (kind, len) = match frame {
-                ws::Message::Binary(b) => (FrameKind::Binary, b.len()),
-                ws::Message::Text(t) => (FrameKind::Text, t.len()),
-                ws::Message::Ping(p) => (FrameKind::Ping, p.len()),
-                ws::Message::Pong(p) => (FrameKind::Pong, p.len()),
-                ws::Message::Close(_) => (FrameKind::Close, 0),
-                ws::Message::Continuation(_) | ws::Message::Nop => (FrameKind::Binary, 0),
-            };
-            self.metrics.frame(Direction::In, kind, len);
-            if let Some(attached) = &self.attached {
-                attached.counters.bytes_in.fetch_add(len as u64, Relaxed);
+        match msg {
+            Ok(frame) => {
+                self.count_in(&frame);
+                match self.assembler.push(frame) {
+                    Ok(Some(message)) => self.dispatch(message, ctx),
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.span
+                            .in_scope(|| info!(error = ?e, "fragmented message refused"));
+                        self.tell_session(ctx, FromClient::Error(e.into()))
+                    }
+                }
             }
+            Err(e) => self.on_decode_error(ctx, &e),
         }
-        self.dispatch(msg, ctx);
         self.stage.handled(began.elapsed());
     }
 
+    /// The client's side ended. After a fatal error the session still has its error event,
+    /// `session.closed` and the close frame to send (the socket may still take them); it
+    /// closes this connection itself, and a session that never does is not waited for
+    /// longer than the heartbeat timeout.
     fn finished(&mut self, ctx: &mut Self::Context) {
-        ctx.stop();
+        if self.closing && !self.stopped_by_client {
+            let grace = Duration::from_secs(self.limits.heartbeat_timeout_s);
+            ctx.run_later(grace, |_, ctx| ctx.stop());
+        } else {
+            ctx.stop();
+        }
     }
 }
 
@@ -53,16 +71,41 @@ enum Taken {
 }
 
 impl Connection {
-    /// Handles one frame by kind.
-    fn dispatch(
-        &mut self,
-        msg: Result<ws::Message, ws::ProtocolError>,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
-        match msg {
-            Ok(ws::Message::Binary(data)) => self.on_audio(ctx, data),
-            Ok(ws::Message::Text(text)) => self.on_text(ctx, &text),
-            Ok(ws::Message::Ping(payload)) => {
+    /// Frame metrics and `bytes_in`, per frame (a fragment counts as a frame of its
+    /// message's kind).
+    fn count_in(&self, frame: &ws::Message) {
+        let (kind, len) = match frame {
+            ws::Message::Binary(b) => (FrameKind::Binary, b.len()),
+            ws::Message::Text(t) => (FrameKind::Text, t.len()),
+            ws::Message::Ping(p) => (FrameKind::Ping, p.len()),
+            ws::Message::Pong(p) => (FrameKind::Pong, p.len()),
+            ws::Message::Close(_) => (FrameKind::Close, 0),
+            ws::Message::Continuation(item) => {
+                let (first, data) = match item {
+                    Item::FirstText(d) => (Some(MessageKind::Text), d),
+                    Item::FirstBinary(d) => (Some(MessageKind::Binary), d),
+                    Item::Continue(d) | Item::Last(d) => (None, d),
+                };
+                let kind = match first.or(self.assembler.in_progress()) {
+                    Some(MessageKind::Text) => FrameKind::Text,
+                    _ => FrameKind::Binary,
+                };
+                (kind, data.len())
+            }
+            ws::Message::Nop => (FrameKind::Binary, 0),
+        };
+        self.metrics.frame(Direction::In, kind, len);
+        if let Some(attached) = &self.attached {
+            attached.counters.bytes_in.fetch_add(len as u64, Relaxed);
+        }
+    }
+
+    /// Handles one whole message by kind.
+    fn dispatch(&mut self, message: Complete, ctx: &mut ws::WebsocketContext<Self>) {
+        match message {
+            Complete::Binary(data) => self.on_audio(ctx, data),
+            Complete::Text(text) => self.on_text(ctx, &text),
+            Complete::Control(ws::Message::Ping(payload)) => {
                 if let Some(attached) = &self.attached {
                     attached.counters.touch();
                 }
@@ -70,31 +113,38 @@ impl Connection {
                     .frame(Direction::Out, FrameKind::Pong, payload.len());
                 ctx.pong(&payload);
             }
-            Ok(ws::Message::Pong(_)) | Ok(ws::Message::Nop) => {}
-            Ok(ws::Message::Close(reason)) => {
+            Complete::Control(ws::Message::Close(reason)) => {
                 self.span
                     .in_scope(|| info!(?reason, "client closed the connection"));
                 self.end = ConnectionEnd::ClientClosed;
                 ctx.close(reason);
                 ctx.stop();
             }
-            Ok(ws::Message::Continuation(_)) => {
-                self.tell_session(ctx, FromClient::Error(SessionError::FragmentedMessage))
-            }
-            Err(ws::ProtocolError::Overflow) => {
-                let error = SessionError::FrameTooLarge {
-                    max_binary: self.limits.max_binary_frame_bytes,
-                    max_text: self.limits.max_text_frame_bytes,
-                };
-                self.tell_session(ctx, FromClient::Error(error))
-            }
-            Err(ws::ProtocolError::Io(e)) => {
-                // The connection broke (client vanished): nobody is left to tell.
-                self.span.in_scope(|| info!(error = %e, "connection lost"));
-                ctx.stop();
-            }
-            Err(_) => self.tell_session(ctx, FromClient::Error(SessionError::Protocol)),
+            // Pongs answer our heartbeat (any frame counts as heard); nop is never decoded.
+            Complete::Control(_) => {}
         }
+    }
+
+    /// The decoder failed: a protocol violation or an oversized frame goes to the session
+    /// (`session.closed`, then the RFC's close code); a broken connection just ends.
+    fn on_decode_error(&mut self, ctx: &mut ws::WebsocketContext<Self>, e: &ws::ProtocolError) {
+        let error = match classify(e, &self.wire) {
+            DecodeFault::Protocol(violation) => {
+                self.span
+                    .in_scope(|| info!(%violation, "WebSocket protocol violation"));
+                SessionError::Protocol(violation)
+            }
+            DecodeFault::TooLarge => SessionError::FrameTooLarge {
+                max_binary: self.limits.max_binary_frame_bytes,
+                max_text: self.limits.max_text_frame_bytes,
+            },
+            DecodeFault::ConnectionLost => {
+                // Nobody is left to tell.
+                self.span.in_scope(|| info!(error = %e, "connection lost"));
+                return ctx.stop();
+            }
+        };
+        self.tell_session(ctx, FromClient::Error(error));
     }
 
     /// A binary frame: checked against the stream's format, then sent into the pipeline
@@ -130,7 +180,6 @@ impl Connection {
         }
         let counters = attached.counters.clone();
         counters.touch();
-        counters.chunks_in.fetch_add(1, Relaxed);
         let len = data.len();
         let inflight = counters.inflight_bytes.load(Relaxed);
         // Over the byte bound counts as full, unless nothing is in flight (one frame of up
@@ -143,7 +192,11 @@ impl Connection {
             received: self.last_heard,
         };
         let resampler = &attached.pipeline.resampler;
+        let inflight = &counters.inflight_bytes;
         let taken = attached.intake.admit(self.id, frames, || {
+            // Counted before the send: the resampler may handle the chunk (and subtract)
+            // before this returns.
+            inflight.fetch_add(len, Relaxed);
             let offer = match (over, policy) {
                 (true, BackpressurePolicy::Block) => Offer::Wait(resampler.wait_for_room(chunk)),
                 (true, BackpressurePolicy::DropNewest) => Offer::Dropped(chunk),
@@ -152,28 +205,32 @@ impl Connection {
             match offer {
                 Offer::Queued => (true, Taken::Queued),
                 Offer::Wait(room) => (true, Taken::Wait(room)),
-                Offer::Dropped(_) => (true, Taken::Dropped),
-                Offer::Closed => (false, Taken::Closed),
+                Offer::Dropped(_) => {
+                    inflight.fetch_sub(len, Relaxed);
+                    (true, Taken::Dropped)
+                }
+                Offer::Closed => {
+                    inflight.fetch_sub(len, Relaxed);
+                    (false, Taken::Closed)
+                }
             }
         });
+        if matches!(taken, Some(Taken::Queued | Taken::Wait(_) | Taken::Dropped)) {
+            counters.chunks_in.fetch_add(1, Relaxed);
+        }
         match taken {
             // The session let this connection go (a resume took over, or it is closing).
             None => {}
-            Some(Taken::Queued) => {
-                counters.inflight_bytes.fetch_add(len, Relaxed);
-            }
+            Some(Taken::Queued) => {}
             Some(Taken::Wait(room)) => {
-                counters.inflight_bytes.fetch_add(len, Relaxed);
-                // Spawned rather than owned by this actor: the chunk is counted on the
-                // timeline, so it must arrive even if the connection ends meanwhile.
-                let delivered = actix::spawn(room);
-                // Reading stops until the pipeline took this chunk: TCP pushes back.
-                ctx.wait(delivered.into_actor(self).map(move |res, act, ctx| {
+                // The chunk is already in the resampler's mailbox (see `wait_for_room`):
+                // reading stops until the resampler has handled it. TCP pushes back.
+                ctx.wait(room.into_actor(self).map(move |res, act, ctx| {
                     // We were not reading, so silence from the client meanwhile is ours,
                     // and a session held back by its own pipeline is not idle.
                     act.last_heard = Instant::now();
                     counters.touch();
-                    if !matches!(res, Ok(Ok(()))) {
+                    if res.is_err() {
                         act.tell_session(ctx, FromClient::Error(SessionError::Internal));
                     }
                 }));

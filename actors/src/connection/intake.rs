@@ -1,4 +1,4 @@
-//! Bounded intake of WebSocket bytes.
+//! Bounded intake of WebSocket bytes, and the violations actix's decoder does not name.
 //!
 //! actix-web-actors' frame decoder drains *everything* the HTTP payload has buffered into its
 //! own unbounded buffer on every poll, but yields one frame per poll. While a session keeps up,
@@ -7,13 +7,103 @@
 //! [`FramePacedPayload`] sits between the payload and that decoder and hands it at most one
 //! WebSocket frame's bytes per poll, so the decoder holds at most about one frame, and bytes
 //! stay in the HTTP payload, whose 32 KiB bound makes actix stop reading the socket: TCP
-//! backpressure reaches the client. It only reads frame lengths (RFC 6455 section 5.2);
-//! decoding and validation stay with actix.
+//! backpressure reaches the client. It reads frame headers (RFC 6455 section 5.2); decoding
+//! and validation stay with actix.
+//!
+//! # What actix reports, and how
+//! actix-http 3.20's `ws::Codec` and actix-web-actors 4.3's `WsStream` validate every rule of
+//! RFC 6455 section 5 a server must check, and report each as a [`ws::ProtocolError`]:
+//! unmasked client frame (`UnmaskedFrame`), unknown opcode (`InvalidOpcode`), fragmented
+//! control frame (`ContinuationFragment`), control frame over 125 bytes (`InvalidLength(n)`,
+//! n > 125), a 1-byte close payload (`InvalidLength(1)`), a reserved or undefined close code
+//! or a close reason that is not UTF-8 (`BadOpCode`), a data frame inside a fragmented message
+//! (`ContinuationStarted`), a continuation with none started (`ContinuationNotStarted`), a
+//! frame over the size limit or with an invalid 64-bit length (`Overflow`). Two violations
+//! come out as `ProtocolError::Io`, exactly like a broken connection: **reserved bits set**
+//! and **invalid UTF-8 in an unfragmented text frame** (fragments are not validated by actix;
+//! [`super::fragments`] does that). [`FramePacedPayload`] therefore checks those two in the
+//! bytes as they pass and records the first one in a [`WireReport`]; [`classify`] turns any
+//! decoder error, with that report, into one unambiguous [`DecodeFault`].
 
+use crate::error::ProtocolViolation;
+use actix_web_actors::ws;
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::Stream;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+
+/// A violation actix's decoder reports only as an I/O error, found by [`FramePacedPayload`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireViolation {
+    /// A frame with RSV1-3 set (the three bits, RSV1 highest).
+    ReservedBits {
+        /// The RSV bits.
+        rsv: u8,
+    },
+    /// An unfragmented, masked text frame whose payload is not UTF-8.
+    InvalidUtf8,
+    /// A frame header declaring more payload than [`FramePacedPayload::max_payload`] allows.
+    TooLarge {
+        /// The declared payload length, bytes.
+        len: u64,
+    },
+}
+
+/// The first [`WireViolation`] on one connection, shared between the [`FramePacedPayload`]
+/// that records it and the connection's owner, which reads it (through [`classify`]) when the
+/// decoder reports an error. Frames are checked in the order the decoder decodes them and the
+/// decoder stops at its first error, so the first violation recorded is the one that error is
+/// about. Cloning shares the cell; recording is first-wins and lock-free.
+#[derive(Debug, Clone, Default)]
+pub struct WireReport(Arc<OnceLock<WireViolation>>);
+
+impl WireReport {
+    /// The first violation recorded, if any.
+    pub fn first(&self) -> Option<WireViolation> {
+        self.0.get().copied()
+    }
+
+    fn record(&self, violation: WireViolation) {
+        let _ = self.0.set(violation);
+    }
+}
+
+/// Why the decoder's stream failed, told apart with the [`WireReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeFault {
+    /// The client broke RFC 6455: close with the violation's code.
+    Protocol(ProtocolViolation),
+    /// A frame over the decoder's size limit (or with an impossible length): close 1009.
+    TooLarge,
+    /// The connection itself failed: nobody is left to tell.
+    ConnectionLost,
+}
+
+/// Names what a decoder error means (see the module docs for actix's mapping).
+pub fn classify(error: &ws::ProtocolError, report: &WireReport) -> DecodeFault {
+    use ws::ProtocolError as E;
+    use ProtocolViolation as V;
+    let violation = match error {
+        E::UnmaskedFrame => V::UnmaskedFrame,
+        E::InvalidOpcode(op) => V::UnknownOpcode(*op),
+        E::InvalidLength(n) if *n > 125 => V::ControlFrameTooLong(*n),
+        E::InvalidLength(_) | E::BadOpCode => V::InvalidClosePayload,
+        E::ContinuationFragment(_) => V::FragmentedControlFrame,
+        E::ContinuationStarted => V::DataFrameInFragmentedMessage,
+        E::ContinuationNotStarted => V::ContinuationWithoutStart,
+        // Only a client-side decoder sees masked frames.
+        E::MaskedFrame => V::Malformed,
+        E::Overflow => return DecodeFault::TooLarge,
+        E::Io(_) => match report.first() {
+            Some(WireViolation::ReservedBits { rsv }) => V::ReservedBits { rsv },
+            Some(WireViolation::InvalidUtf8) => V::InvalidUtf8,
+            Some(WireViolation::TooLarge { .. }) => return DecodeFault::TooLarge,
+            None => return DecodeFault::ConnectionLost,
+        },
+    };
+    DecodeFault::Protocol(violation)
+}
 
 /// Wraps an HTTP payload stream; yields it back in pieces that never cross a frame end,
 /// pausing after each completed frame until the decoder polls again.
@@ -27,6 +117,14 @@ pub struct FramePacedPayload<S, E> {
     /// An error read from `inner` while looking ahead, returned on the next poll.
     stashed_error: Option<E>,
     done: bool,
+    /// UTF-8 check of the current frame, when it is an unfragmented masked text frame.
+    text: Option<Utf8Check>,
+    report: WireReport,
+    /// Largest payload a frame may declare; `usize::MAX` = no limit.
+    max_payload: usize,
+    /// A frame over `max_payload` was found: fail the stream once the decoder has had the
+    /// frames before it.
+    refuse: bool,
 }
 
 impl<S, E> FramePacedPayload<S, E> {
@@ -39,34 +137,174 @@ impl<S, E> FramePacedPayload<S, E> {
             pause: false,
             stashed_error: None,
             done: false,
+            text: None,
+            report: WireReport::default(),
+            max_payload: usize::MAX,
+            refuse: false,
         }
+    }
+
+    /// Refuses frames that declare more than `max` payload bytes (the decoder's own limit) at
+    /// their header: the stream fails (recording [`WireViolation::TooLarge`]) instead of
+    /// passing the frame on, because actix's decoder buffers a whole frame before it checks
+    /// its size, so a client could otherwise make it hold any amount.
+    pub fn max_payload(mut self, max: usize) -> Self {
+        self.max_payload = max;
+        self
+    }
+
+    /// Where this payload records violations; hand it to whoever handles the decoder's errors.
+    pub fn report(&self) -> WireReport {
+        self.report.clone()
+    }
+
+    /// A frame starts: checks what the decoder would report only as an I/O error.
+    fn begin_frame(&mut self, head: &FrameHead) {
+        let rsv = (head.b0 >> 4) & 0b111;
+        if rsv != 0 {
+            self.report.record(WireViolation::ReservedBits { rsv });
+        }
+        let fin_text = head.b0 & 0x8f == 0x81;
+        self.text = match head.mask {
+            Some(mask) if fin_text => Some(Utf8Check::new(mask, head.header_len)),
+            _ => None,
+        };
+    }
+
+    /// A piece of the current frame goes to the decoder.
+    fn pass(&mut self, piece: &[u8]) {
+        if let Some(check) = &mut self.text {
+            check.feed(piece);
+            if self.frame_left == 0 {
+                if !check.valid() {
+                    self.report.record(WireViolation::InvalidUtf8);
+                }
+                self.text = None;
+            }
+        }
+    }
+}
+
+/// The parts of a frame header (RFC 6455 section 5.2) intake needs.
+struct FrameHead {
+    /// FIN, RSV1-3 and the opcode.
+    b0: u8,
+    /// The masking key, for masked frames.
+    mask: Option<[u8; 4]>,
+    /// Header bytes, masking key included.
+    header_len: usize,
+    /// The payload length the header declares.
+    payload_len: u64,
+    /// The whole frame: header and payload (saturating for absurd lengths).
+    total: usize,
+}
+
+impl FrameHead {
+    /// The header at the start of `buf`, or `None` if it is not complete yet.
+    fn parse(buf: &[u8]) -> Option<FrameHead> {
+        let b0 = *buf.first()?;
+        let b1 = *buf.get(1)?;
+        let (ext, len) = match b1 & 0x7f {
+            126 => {
+                let b = buf.get(2..4)?;
+                (2, u64::from(u16::from_be_bytes([b[0], b[1]])))
+            }
+            127 => {
+                let b: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+                (8, u64::from_be_bytes(b))
+            }
+            n => (0, u64::from(n)),
+        };
+        let mask_at = 2 + ext;
+        let (mask, header_len) = if b1 & 0x80 != 0 {
+            let key: [u8; 4] = buf.get(mask_at..mask_at + 4)?.try_into().ok()?;
+            (Some(key), mask_at + 4)
+        } else {
+            (None, mask_at)
+        };
+        let total = header_len.saturating_add(usize::try_from(len).unwrap_or(usize::MAX));
+        Some(FrameHead {
+            b0,
+            mask,
+            header_len,
+            payload_len: len,
+            total,
+        })
     }
 }
 
 /// Total length of the frame starting at `buf` (header, mask and payload), or `None` if the
 /// header is not complete yet. Saturates for absurd lengths (the decoder rejects those).
 pub fn frame_len(buf: &[u8]) -> Option<usize> {
-    let b1 = *buf.get(1)?;
-    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
-    let (ext, len) = match b1 & 0x7f {
-        126 => {
-            let b = buf.get(2..4)?;
-            (2, u64::from(u16::from_be_bytes([b[0], b[1]])))
+    FrameHead::parse(buf).map(|h| h.total)
+}
+
+/// Incremental UTF-8 validation of a masked frame's payload as its pieces pass, with no
+/// allocation: unmasks into a stack buffer and carries an incomplete character (at most 3
+/// bytes) from one piece to the next.
+struct Utf8Check {
+    mask: [u8; 4],
+    /// Header bytes still to skip.
+    skip: usize,
+    /// Payload bytes seen (the position in the masking key).
+    offset: usize,
+    carry: [u8; 3],
+    carry_len: usize,
+    bad: bool,
+}
+
+impl Utf8Check {
+    const CHUNK: usize = 1024;
+
+    fn new(mask: [u8; 4], header_len: usize) -> Self {
+        Self {
+            mask,
+            skip: header_len,
+            offset: 0,
+            carry: [0; 3],
+            carry_len: 0,
+            bad: false,
         }
-        127 => {
-            let b: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
-            (8, u64::from_be_bytes(b))
+    }
+
+    fn feed(&mut self, piece: &[u8]) {
+        let skip = self.skip.min(piece.len());
+        self.skip -= skip;
+        let mut payload = &piece[skip..];
+        let mut buf = [0u8; Self::CHUNK + 3];
+        while !payload.is_empty() && !self.bad {
+            let n = payload.len().min(Self::CHUNK);
+            let c = self.carry_len;
+            buf[..c].copy_from_slice(&self.carry[..c]);
+            for (i, b) in payload[..n].iter().enumerate() {
+                buf[c + i] = b ^ self.mask[(self.offset + i) % 4];
+            }
+            self.offset += n;
+            payload = &payload[n..];
+            let chunk = &buf[..c + n];
+            match std::str::from_utf8(chunk) {
+                Ok(_) => self.carry_len = 0,
+                // An incomplete character at the end: keep it for the next piece.
+                Err(e) if e.error_len().is_none() => {
+                    let tail = &chunk[e.valid_up_to()..];
+                    self.carry[..tail.len()].copy_from_slice(tail);
+                    self.carry_len = tail.len();
+                }
+                Err(_) => self.bad = true,
+            }
         }
-        n => (0, u64::from(n)),
-    };
-    let header: usize = 2 + ext + mask;
-    Some(header.saturating_add(usize::try_from(len).unwrap_or(usize::MAX)))
+    }
+
+    /// Whether everything fed so far is whole, valid UTF-8.
+    fn valid(&self) -> bool {
+        !self.bad && self.carry_len == 0
+    }
 }
 
 impl<S, E> Stream for FramePacedPayload<S, E>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
-    E: Unpin,
+    E: From<std::io::Error> + Unpin,
 {
     type Item = Result<Bytes, E>;
 
@@ -74,6 +312,16 @@ where
         let this = &mut *self;
         if let Some(e) = this.stashed_error.take() {
             return Poll::Ready(Some(Err(e)));
+        }
+        if this.refuse {
+            this.refuse = false;
+            this.done = true;
+            this.pending.clear();
+            let over = std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a frame is over the size limit",
+            );
+            return Poll::Ready(Some(Err(E::from(over))));
         }
         if this.pause {
             // The decoder has a whole frame; let it hand that out before taking more.
@@ -83,8 +331,18 @@ where
         }
         loop {
             if this.frame_left == 0 {
-                if let Some(len) = frame_len(&this.pending) {
-                    this.frame_left = len;
+                if let Some(head) = FrameHead::parse(&this.pending) {
+                    if head.payload_len > this.max_payload as u64 {
+                        this.report.record(WireViolation::TooLarge {
+                            len: head.payload_len,
+                        });
+                        // Let the decoder hand out what it already has first.
+                        this.refuse = true;
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    this.frame_left = head.total;
+                    this.begin_frame(&head);
                 }
             }
             let ready = if this.frame_left == 0 {
@@ -96,6 +354,7 @@ where
             if ready > 0 {
                 this.frame_left -= ready;
                 let piece = this.pending.split_to(ready).freeze();
+                this.pass(&piece);
                 if this.frame_left == 0 {
                     this.look_ahead(cx);
                     this.pause = !this.pending.is_empty() || this.stashed_error.is_some();
@@ -185,7 +444,7 @@ mod tests {
         let frames: Vec<Vec<u8>> = sizes.iter().map(|&n| frame(n, true)).collect();
         let wire: Vec<u8> = frames.concat();
         for chunk in [1usize, 7, 1000, 65_536, wire.len()] {
-            let input: Vec<Result<Bytes, ()>> = wire
+            let input: Vec<Result<Bytes, std::io::Error>> = wire
                 .chunks(chunk)
                 .map(|c| Ok(Bytes::copy_from_slice(c)))
                 .collect();
@@ -207,6 +466,178 @@ mod tests {
                 );
             }
             assert_eq!(pieces.concat(), wire);
+        }
+    }
+
+    /// A masked client frame with `b0` (FIN, RSV, opcode) as given.
+    fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x37, 0xfa, 0x21, 0x3d];
+        let mut f = vec![b0];
+        if payload.len() < 126 {
+            f.push(0x80 | payload.len() as u8);
+        } else {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    /// Runs `wire` through a paced payload in pieces of `chunk` bytes; returns its report.
+    fn report_of(wire: &[u8], chunk: usize) -> Option<WireViolation> {
+        let input: Vec<Result<Bytes, std::io::Error>> = wire
+            .chunks(chunk)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        let paced = FramePacedPayload::new(stream::iter(input));
+        let report = paced.report();
+        let passed: Vec<Bytes> = futures_executor_block_on(paced.map(|r| r.unwrap()).collect());
+        assert_eq!(
+            passed.concat(),
+            wire,
+            "intake passes every byte on unchanged"
+        );
+        report.first()
+    }
+
+    #[test]
+    fn reserved_bits_are_reported_with_their_value() {
+        let mut wire = client_frame(0x82, &[1, 2]);
+        wire.extend(client_frame(0x80 | 0x20 | 0x2, &[3]));
+        wire.extend(client_frame(0x80 | 0x40 | 0x2, &[4]));
+        for chunk in [1, 3, wire.len()] {
+            assert_eq!(
+                report_of(&wire, chunk),
+                Some(WireViolation::ReservedBits { rsv: 0b010 }),
+                "the first violation wins"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_text_frame_is_reported_however_the_bytes_are_cut() {
+        let good = "voxrt ☃ día ".repeat(200);
+        let mut bad = good.clone().into_bytes();
+        bad.insert(1500, 0xff);
+        // A character cut off at the end of the frame is invalid too.
+        let truncated = &"☃".as_bytes()[..2];
+        for chunk in [1, 2, 5, 1000, 4096] {
+            let ok = [
+                client_frame(0x81, good.as_bytes()),
+                client_frame(0x82, &[0xff]),
+            ]
+            .concat();
+            assert_eq!(report_of(&ok, chunk), None, "chunk {chunk}");
+            let wire = [client_frame(0x81, b"{}"), client_frame(0x81, &bad)].concat();
+            assert_eq!(report_of(&wire, chunk), Some(WireViolation::InvalidUtf8));
+            let wire = client_frame(0x81, truncated);
+            assert_eq!(report_of(&wire, chunk), Some(WireViolation::InvalidUtf8));
+        }
+        // Fragments are left to the assembler: a first text fragment without FIN may end
+        // inside a character.
+        assert_eq!(report_of(&client_frame(0x01, truncated), 3), None);
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_fails_the_stream_at_its_header_after_the_frames_before_it() {
+        let before = client_frame(0x82, &[1; 100]);
+        let mut over = client_frame(0x82, &[2; 300]);
+        // Only the header has arrived: nothing of the payload is needed to refuse it.
+        over.truncate(8);
+        let input = vec![Ok(Bytes::from([before.clone(), over].concat()))];
+        let paced = FramePacedPayload::new(stream::iter(input)).max_payload(200);
+        let report = paced.report();
+        let out: Vec<Result<Bytes, std::io::Error>> = futures_executor_block_on(paced.collect());
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].as_ref().expect("the frame before"), &before[..]);
+        assert!(out[1].is_err(), "{out:?}");
+        assert_eq!(report.first(), Some(WireViolation::TooLarge { len: 300 }));
+        let err = ws::ProtocolError::Io(std::io::Error::other("payload error"));
+        assert_eq!(classify(&err, &report), DecodeFault::TooLarge);
+    }
+
+    /// Pins actix's behaviour the module docs describe: which error each violation becomes.
+    #[test]
+    fn actix_codec_errors_classify_as_the_rfc_violations() {
+        use actix_decode::decode_all;
+        use actix_http::ws::Codec;
+        let cases: Vec<(Vec<u8>, DecodeFault)> = vec![
+            (
+                {
+                    let mut f = client_frame(0x82, b"x");
+                    f[1] &= 0x7f;
+                    f.truncate(2);
+                    f.push(b'x');
+                    f
+                },
+                DecodeFault::Protocol(ProtocolViolation::UnmaskedFrame),
+            ),
+            (
+                client_frame(0x83, b""),
+                DecodeFault::Protocol(ProtocolViolation::UnknownOpcode(3)),
+            ),
+            (
+                client_frame(0x09, b""),
+                DecodeFault::Protocol(ProtocolViolation::FragmentedControlFrame),
+            ),
+            (
+                client_frame(0x89, &[0; 126]),
+                DecodeFault::Protocol(ProtocolViolation::ControlFrameTooLong(126)),
+            ),
+            (
+                client_frame(0x88, &[3]),
+                DecodeFault::Protocol(ProtocolViolation::InvalidClosePayload),
+            ),
+            (
+                client_frame(0x88, &1005u16.to_be_bytes()),
+                DecodeFault::Protocol(ProtocolViolation::InvalidClosePayload),
+            ),
+            (
+                client_frame(0x80, b"x"),
+                DecodeFault::Protocol(ProtocolViolation::ContinuationWithoutStart),
+            ),
+            (
+                [client_frame(0x02, b"x"), client_frame(0x82, b"y")].concat(),
+                DecodeFault::Protocol(ProtocolViolation::DataFrameInFragmentedMessage),
+            ),
+            (client_frame(0x82, &[0; 300]), DecodeFault::TooLarge),
+        ];
+        for (wire, want) in cases {
+            let err = decode_all(Codec::new().max_size(200), &wire);
+            assert_eq!(classify(&err, &WireReport::default()), want, "{err:?}");
+        }
+        // Reserved bits come out as an I/O error: only the report tells them apart.
+        let wire = client_frame(0xc2, b"x");
+        let err = decode_all(Codec::new(), &wire);
+        assert!(matches!(err, ws::ProtocolError::Io(_)), "{err:?}");
+        assert_eq!(
+            classify(&err, &WireReport::default()),
+            DecodeFault::ConnectionLost
+        );
+        let report = WireReport::default();
+        report.record(WireViolation::ReservedBits { rsv: 0b100 });
+        assert_eq!(
+            classify(&err, &report),
+            DecodeFault::Protocol(ProtocolViolation::ReservedBits { rsv: 0b100 })
+        );
+    }
+
+    mod actix_decode {
+        use actix_http::ws::{Codec, ProtocolError};
+        use bytes::BytesMut;
+
+        /// Decodes `wire` until the codec fails; panics if it never does.
+        pub fn decode_all(mut codec: Codec, wire: &[u8]) -> ProtocolError {
+            use actix_codec::Decoder;
+            let mut buf = BytesMut::from(wire);
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => panic!("decoded everything without an error"),
+                    Err(e) => return e,
+                }
+            }
         }
     }
 

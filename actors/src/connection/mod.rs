@@ -1,8 +1,11 @@
 //! The Connection actor: one per WebSocket, carrying one session.
 //!
 //! # Layout
-//! - `frames`: each frame from the client, dispatched by kind; audio into the pipeline.
-//! - [`intake`]: paces socket bytes into actix's frame decoder, a frame at a time.
+//! - `frames`: each frame from the client, joined into messages, dispatched by kind; audio
+//!   into the pipeline.
+//! - [`fragments`]: reassembly of fragmented messages (RFC 6455 section 5.4), bounded.
+//! - [`intake`]: paces socket bytes into actix's frame decoder, a frame at a time, and
+//!   catches the protocol violations actix reports ambiguously.
 //! - [`outgoing`]: counts what the client has not read yet.
 //! - `rates`: the control-message and audio-rate limits of one connection.
 //!
@@ -12,12 +15,14 @@
 //! the session's pipeline (no hop through the session actor); control messages go to the
 //! session, and the session's messages for the client come back as [`ToClient`].
 
+pub mod fragments;
 mod frames;
 pub mod intake;
 pub mod outgoing;
 mod rates;
 
-use self::intake::FramePacedPayload;
+use self::fragments::MessageAssembler;
+use self::intake::{FramePacedPayload, WireReport};
 use self::outgoing::OutgoingMeter;
 use self::rates::SessionRates;
 use crate::error::close_code;
@@ -63,6 +68,10 @@ pub struct Connection {
     pipeline: PipelineSettings,
     /// The session's pipeline and intake, once attached.
     attached: Option<Attached>,
+    /// Joins fragmented messages.
+    assembler: MessageAssembler,
+    /// Violations found in the raw bytes, to classify the decoder's errors.
+    wire: WireReport,
     rates: Option<SessionRates>,
     /// Binary frames received, valid or not: the next frame's `seq`.
     binary_frames: u64,
@@ -116,6 +125,11 @@ impl Connection {
             limits: spec.limits,
             pipeline: spec.pipeline,
             attached: None,
+            assembler: MessageAssembler::new(
+                spec.limits.max_binary_frame_bytes,
+                spec.limits.max_text_frame_bytes,
+            ),
+            wire: WireReport::default(),
             rates: None,
             binary_frames: 0,
             last_heard: Instant::now(),
@@ -130,17 +144,18 @@ impl Connection {
 
     /// Completes the WebSocket upgrade of `req` and runs `self` on it: the response body is
     /// metered, and socket bytes are paced into the frame decoder.
-    pub fn serve(self, req: &HttpRequest, payload: web::Payload) -> HttpResponse {
+    pub fn serve(mut self, req: &HttpRequest, payload: web::Payload) -> HttpResponse {
         let max_frame = self
             .limits
             .max_binary_frame_bytes
             .max(self.limits.max_text_frame_bytes);
         let codec = actix_http::ws::Codec::new().max_size(max_frame);
         let outgoing = self.outgoing.clone();
+        let paced = FramePacedPayload::new(payload).max_payload(max_frame);
+        self.wire = paced.report();
         match ws::handshake(req) {
             Ok(mut response) => {
-                let body =
-                    ws::WebsocketContext::with_codec(self, FramePacedPayload::new(payload), codec);
+                let body = ws::WebsocketContext::with_codec(self, paced, codec);
                 response.streaming(OutgoingMeter::new(body, outgoing))
             }
             Err(e) => {
@@ -160,7 +175,9 @@ impl Connection {
         match self.route.from_client.try_send(msg) {
             Ok(()) => {}
             Err(SendError::Full(msg)) => {
-                let send = self.route.from_client.send(msg);
+                // A fresh handle: actix's `send` on the handle whose `try_send` just found
+                // the mailbox full returns a future that is never woken again.
+                let send = self.route.from_client.clone().send(msg);
                 ctx.wait(send.into_actor(self).map(|res, act, ctx| {
                     if res.is_err() {
                         act.session_gone(ctx);

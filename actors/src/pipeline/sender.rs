@@ -83,9 +83,15 @@ impl<A: Actor> StageSender<A> {
         }
     }
 
-    /// Queues `msg` once there is room, however long that takes (the message is counted as
-    /// queued from now). The returned future owns what it needs: it may be spawned so the
-    /// message arrives even if the caller stops meanwhile.
+    /// Queues `msg` now, past the mailbox's capacity by at most this one message, and
+    /// returns a future that resolves once the stage has handled it: the caller waits on
+    /// it and takes no more input meanwhile, so each sender adds at most one message beyond
+    /// the bound (the `+ 1` in the documented worst case).
+    ///
+    /// Why now rather than when room appears: a message held back until room appears could
+    /// be overtaken by another sender's (a flush after the audio it must follow), and would
+    /// be lost if the caller stopped. A fresh sender handle is used because actix refuses a
+    /// handle whose last send filled the mailbox until the stage has caught up.
     pub fn wait_for_room<M>(&self, msg: M) -> Waiting
     where
         M: Message<Result = ()> + Send + 'static,
@@ -93,7 +99,7 @@ impl<A: Actor> StageSender<A> {
         A::Context: ToEnvelope<A, M>,
     {
         self.probe.queued();
-        let send = self.addr.send(msg);
+        let send = self.addr.clone().send(msg);
         Box::pin(send)
     }
 }

@@ -31,6 +31,10 @@ pub struct VadProcessor {
     /// Pipeline sample index of `frame[0]`.
     frame_start: u64,
     warmup_end: u64,
+    /// No segment may start before this pipeline sample: the last flush point. A frame that
+    /// spans a flush holds audio from before it, but the segment that was open then has
+    /// been closed and reported; `t_ms` must not go back behind the `flushed` event.
+    floor: u64,
     state: State,
     /// Noise floor generator state (fixed seed: results are reproducible).
     rng: u64,
@@ -54,6 +58,7 @@ impl VadProcessor {
             frame: Vec::with_capacity(VAD_FRAME),
             frame_start: 0,
             warmup_end: VAD_WARMUP_MS * SAMPLES_PER_MS,
+            floor: 0,
             state: State::Silence,
             rng: 0x9E37_79B9_7F4A_7C15,
         }
@@ -65,7 +70,7 @@ impl VadProcessor {
         let silence = u64::from(self.settings.silence_ms) * SAMPLES_PER_MS;
         self.state = match (self.state, is_speech) {
             (State::Silence, false) => State::Silence,
-            (State::Silence, true) => Self::promote(start, end, min_speech, events),
+            (State::Silence, true) => Self::promote(start.max(self.floor), end, min_speech, events),
             (State::Candidate { start: s, .. }, true) => Self::promote(s, end, min_speech, events),
             (
                 State::Candidate {
@@ -172,15 +177,16 @@ impl Processor for VadProcessor {
         }
     }
 
-    fn flush(&mut self, _end_sample: u64, events: &mut Vec<ServerEvent>) {
+    fn flush(&mut self, end_sample: u64, events: &mut Vec<ServerEvent>) {
         // A candidate is shorter than `min_speech_ms` by construction: not reported.
         if let State::Speech {
             start,
             last_speech_end,
         } = self.state
         {
-            events.push(end_event(start, last_speech_end));
+            events.push(end_event(start, last_speech_end.min(end_sample)));
         }
         self.state = State::Silence;
+        self.floor = self.floor.max(end_sample);
     }
 }

@@ -20,6 +20,9 @@ pub enum CloseReason {
     ServerShutdown,
     /// A fatal error (the preceding `error` event says which).
     Error,
+    /// The client broke the WebSocket protocol (the preceding `protocol_error` event says
+    /// how); the close code is 1002, or 1007 for invalid UTF-8.
+    ProtocolError,
 }
 
 impl CloseReason {
@@ -31,6 +34,7 @@ impl CloseReason {
             CloseReason::TtlExpired => "ttl_expired",
             CloseReason::ServerShutdown => "server_shutdown",
             CloseReason::Error => "error",
+            CloseReason::ProtocolError => "protocol_error",
         }
     }
 
@@ -43,6 +47,7 @@ impl CloseReason {
             CloseReason::TtlExpired => TTL_EXPIRED,
             CloseReason::ServerShutdown => GOING_AWAY,
             CloseReason::Error => INTERNAL,
+            CloseReason::ProtocolError => PROTOCOL,
         }
     }
 }

@@ -108,7 +108,7 @@ mod tests {
         let (s0, t0) = outbox.sequence(&event(0));
         let (s1, t1) = outbox.sequence(&event(1));
         assert_eq!((s0, s1), (0, 1));
-        assert!(t0.starts_with("{\"seq\":0,\"type\":\"test\""), "{t0}");
+        assert!(t0.starts_with("{\"seq\":0,"), "{t0}");
         let v: serde_json::Value = serde_json::from_str(&t1).unwrap();
         assert_eq!(v["seq"], 1);
         assert_eq!(v["n"], 1);
@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn detached_outbox_refuses_what_does_not_fit() {
-        let mut outbox = Outbox::new(60);
+        let mut outbox = Outbox::new(40);
         let (seq, text) = outbox.sequence(&event(1));
         outbox.keep(seq, text, false).unwrap();
         let (seq, text) = outbox.sequence(&event(2));
