@@ -21,8 +21,15 @@
 //! Output: speech segments, a level meter and errors, for people; with `--json`, every server
 //! event as one JSON line on stdout (the example's own messages go to stderr).
 //!
+//! When the connection is lost without `session.closed` (network, server restart of the
+//! connection, `slow_consumer`), the example reconnects with backoff and resumes the session
+//! (docs/protocol.md, "Resume"): the server's audio timeline continues where it was, the
+//! audio it did not get is sent again, and no event is printed twice. It prints
+//! `resumed session ID after N ms, replayed K events` on stderr (with `--json`, a
+//! `{"type":"client.resumed",...}` line on stdout). `--no-resume` turns this off.
+//!
 //! Exit codes: 0 session closed after `stop`; 1 the session ended any other way (fatal server
-//! error, connection lost, no `session.closed`); 2 the file is missing, unreadable or in an
+//! error, connection lost and not resumed, no `session.closed`); 2 the file is missing, unreadable or in an
 //! unsupported format (also bad command-line arguments); 3 the server is unreachable or did not
 //! speak WebSocket; 4 the server refused the stream (HTTP status, error code and message are
 //! printed).
@@ -30,15 +37,13 @@
 mod common;
 
 use clap::Parser;
-use common::{chunk_frames, exit, stream_url, Encoding, Failure, Session, WsSink};
-use futures_util::SinkExt;
+use common::{chunk_frames, exit, Encoding, Endpoint, Failure, Gone, Options, Session, Uplink};
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Stream a WAV file to a voxrt server and print speech segments, levels and errors.
 #[derive(Parser, Debug)]
@@ -62,6 +67,9 @@ struct Args {
     /// Print server events as raw JSON lines.
     #[arg(long)]
     json: bool,
+    /// Do not resume the session after a connection loss (a loss then ends the run, exit 1).
+    #[arg(long)]
+    no_resume: bool,
 }
 
 #[tokio::main]
@@ -71,37 +79,47 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Failure> {
     let mut wav = WavSource::open(&args.file)?;
-    let url = stream_url(&args.url, wav.rate, wav.channels, wav.encoding)?;
+    let endpoint = Endpoint::parse(&args.url)?;
     eprintln!(
-        "stream_wav: {}: {} Hz, {} ch, {} ({:.2} s) -> {url}{}",
+        "stream_wav: {}: {} Hz, {} ch, {} ({:.2} s) -> {}{}",
         args.file.display(),
         wav.rate,
         wav.channels,
         wav.describe(),
         wav.total_frames as f64 / f64::from(wav.rate),
+        endpoint.stream_url(wav.rate, wav.channels, wav.encoding),
         if args.fast { " (fast)" } else { "" },
     );
 
-    let session = Session::open(&url, args.token.as_deref(), args.json).await?;
+    let session = Session::open(Options {
+        program: "stream_wav",
+        endpoint,
+        token: args.token.clone(),
+        rate: wav.rate,
+        channels: wav.channels,
+        encoding: wav.encoding,
+        json: args.json,
+        resume: !args.no_resume,
+    })
+    .await?;
     let bytes_per_frame = usize::from(wav.channels) * wav.encoding.bytes_per_sample();
     let frames_per_chunk =
         chunk_frames(wav.rate, args.chunk_ms).min(session.max_frames(bytes_per_frame));
+    let Session {
+        mut uplink,
+        mut events,
+        ..
+    } = session;
 
-    let (mut sink, mut events) = session.read_events();
     let streamed = tokio::select! {
-        r = send_audio(&mut sink, &mut wav, frames_per_chunk, args.fast) => r,
-        ended = events.ended() => {
-            // The server ended the session while audio was still going out.
-            let closed = ended?;
-            closed.print_summary(args.json);
-            return Err(Failure::Session(format!(
-                "the server closed the session before the end of the file ({})",
-                closed.reason
-            )));
-        }
+        r = send_audio(&mut uplink, &mut wav, frames_per_chunk, args.fast) => r.ok(),
+        ended = events.ended() => return ended_early(ended, args.json),
     };
-    let read_error = streamed?;
-    let closed = events.stop(sink).await?;
+    // `None`: the session's task ended while audio was still going out.
+    let Some(read_error) = streamed else {
+        return ended_early(events.ended().await, args.json);
+    };
+    let closed = events.stop(uplink).await?;
 
     closed.print_summary(args.json);
     if let Some(e) = read_error {
@@ -110,15 +128,25 @@ async fn run(args: Args) -> Result<(), Failure> {
     closed.expect_client_stop()
 }
 
+/// The session ended (or failed) before the end of the file.
+fn ended_early(ended: Result<common::Closed, Failure>, json: bool) -> Result<(), Failure> {
+    let closed = ended?;
+    closed.print_summary(json);
+    Err(Failure::Session(format!(
+        "the server closed the session before the end of the file ({})",
+        closed.reason
+    )))
+}
+
 /// Sends the file in chunks, paced to real time unless `fast`; Ctrl-C ends it early (as if
 /// the file had ended there). `Ok(Some(message))` when the file could not be read to its end:
-/// what could be read has been sent.
+/// what could be read has been sent. `Err` when the session's task has ended.
 async fn send_audio(
-    sink: &mut WsSink,
+    uplink: &mut Uplink,
     wav: &mut WavSource,
     frames_per_chunk: usize,
     fast: bool,
-) -> Result<Option<String>, Failure> {
+) -> Result<Option<String>, Gone> {
     let start = Instant::now();
     let mut frames_sent: u64 = 0;
     let mut chunk = Vec::new();
@@ -130,12 +158,7 @@ async fn send_audio(
             Err((frames, e)) => (frames, Some(e)),
         };
         if frames > 0 {
-            let frame = Message::binary(std::mem::take(&mut chunk));
-            if let Err(e) = sink.send(frame).await {
-                return Err(Failure::Session(format!(
-                    "connection lost while sending: {e}"
-                )));
-            }
+            uplink.send(std::mem::take(&mut chunk)).await?;
             frames_sent += frames as u64;
         }
         let seconds_sent = frames_sent as f64 / f64::from(wav.rate);

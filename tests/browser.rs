@@ -18,6 +18,7 @@
 mod common;
 use common::http::Reply;
 use common::process::ServerProcess;
+use common::proxy::CutProxy;
 use common::tls::TestCert;
 use common::{audio, temp_dir, HANG};
 use futures_util::{SinkExt, StreamExt};
@@ -650,6 +651,70 @@ async fn page_streams_the_microphone_and_shows_speech_segments() {
         first_segment,
         began.elapsed()
     );
+}
+
+/// The page loaded through a proxy that aborts connections (RST both ways, no close frame):
+/// after a cut while it streams, the page shows that it is reconnecting, resumes the same
+/// session (its status says "resumed", `data-resumes` is 1), keeps finding speech in the
+/// microphone's audio, and Stop still ends the session with its summary (`client_stop`,
+/// nothing dropped). The server saw one session, resumed once.
+#[tokio::test]
+async fn page_resumes_its_session_after_a_connection_cut() {
+    let _chromium = chromium();
+    let work = temp_dir("resume");
+    let wav = speech_wav(work.path());
+    let server = ServerProcess::start(&[]);
+    let proxy = CutProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], server.port))).await;
+    let browser = Browser::launch(&wav);
+    let mut page = Page::open(&browser).await;
+    page.goto(&format!("http://{}/", proxy.addr)).await;
+
+    page.click_start_stop().await;
+    let before = page
+        .wait_for("a completed speech segment", |s| {
+            s["state"] == "streaming" && s["segments"].as_str().is_some_and(|n| n != "0")
+        })
+        .await;
+    let segments_before = number(&before["segments"]);
+    let connections = proxy.accepted();
+    proxy.cut_all();
+    let after = page
+        .wait_for("the resumed session", |s| {
+            s["resumes"] == "1" && s["state"] == "streaming"
+        })
+        .await;
+    assert_eq!(after["sessionId"], before["sessionId"], "{after:#}");
+    let status = after["status"].as_str().unwrap_or("");
+    assert!(
+        status.contains("resumed after") && status.contains("replayed"),
+        "the status line says it resumed: {status}"
+    );
+    assert_eq!(
+        proxy.accepted(),
+        connections + 1,
+        "one new connection for the resume"
+    );
+    page.wait_for("a speech segment after the resume", |s| {
+        s["segments"]
+            .as_str()
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > segments_before)
+    })
+    .await;
+
+    page.click_start_stop().await;
+    let closed = page
+        .wait_for("the session summary", |s| s["state"] == "closed")
+        .await;
+    assert_eq!(closed["closedReason"], "client_stop", "{closed:#}");
+    assert_eq!(number(&closed["summary"]["chunksDropped"]), 0, "{closed:#}");
+    assert_eq!(closed["lastError"], "", "{closed:#}");
+    let problems: Vec<String> = std::mem::take(&mut page.problems)
+        .into_iter()
+        .filter(|p| !p.contains("WebSocket"))
+        .collect();
+    assert!(problems.is_empty(), "the page reported {problems:#?}");
+    page.close_browser().await;
 }
 
 /// The page and its files: 200 with the right Content-Type, the Content-Security-Policy

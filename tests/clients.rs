@@ -5,12 +5,15 @@
 //! cleanly, and fail in one line with the documented exit code when there is no input device
 //! or the server is unreachable or refuses them (401, 503). Nothing they print may contain
 //! panic or backtrace text (they run with `RUST_BACKTRACE=1` so that a panic would show one).
+//! Through a proxy that aborts connections (`tests/common/proxy.rs`) they must resume their
+//! session, print each event once and still report the recording's segment; the load
+//! generator's `--drop-every` must resume every cut without a missing event.
 //!
-//! `cargo test --test clients` does not build the examples. They come from
-//! `cargo build --features mic --examples`, or from `cargo test --workspace --all-targets
-//! --features voxrt/mic` (what scripts/test runs), which builds every example before any test
-//! runs (`mic_capture` only with the `mic` feature). A missing or stale example binary fails
-//! the test with what to run.
+//! `cargo test --test clients` does not build the examples or `voxrt-loadgen`. They come from
+//! `cargo build --workspace --examples --bins --features voxrt/mic`, or from
+//! `cargo test --workspace --all-targets --features voxrt/mic` (what scripts/test runs),
+//! which builds every target before any test runs (`mic_capture` only with the `mic`
+//! feature). A missing or stale binary fails the test with what to run.
 //!
 //! ## A microphone without a sound card
 //!
@@ -43,6 +46,7 @@
 mod common;
 
 use common::process::ServerProcess;
+use common::proxy::CutProxy;
 use common::*;
 use serde_json::Value;
 use std::fs::{File, OpenOptions};
@@ -67,6 +71,7 @@ const TAIL_S: f64 = 1.5;
 const PERIOD_US: u64 = 10_000;
 
 /// The exit codes both examples document in their header comments.
+const EXIT_SESSION: i32 = 1;
 const EXIT_INPUT: i32 = 2;
 const EXIT_UNREACHABLE: i32 = 3;
 const EXIT_REFUSED: i32 = 4;
@@ -139,7 +144,8 @@ fn mic_capture_streams_what_cpal_captures_and_reports_the_speech_in_it() {
 
     // Bit-exact: the same clip sent straight over the protocol gets the same events, to the
     // sample: the VAD's times and every level window's RMS and peak within the clip. (Level
-    // and VAD events come from different actors: only their order within a type is fixed.)
+    // and VAD events come from different actors: only their order within a type is fixed,
+    // so their seqs, which number every message in sending order, are left out.)
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let direct = rt.block_on(async {
         let mut c = Client::connect(&server.url(&format.query()))
@@ -152,7 +158,8 @@ fn mic_capture_streams_what_cpal_captures_and_reports_the_speech_in_it() {
     });
     let clip_ms = clip.len() as i64 * 1000 / i64::from(format.rate);
     let in_clip = |events: &[Value]| {
-        let mut by = by_type(events);
+        let events: Vec<Value> = events.iter().map(without_seq).collect();
+        let mut by = by_type(&events);
         let levels: Vec<Value> = by
             .remove("level")
             .unwrap_or_default()
@@ -604,6 +611,307 @@ fn full_server_is_one_line_saying_503_and_exit_4() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 5. Resume after a connection loss (through a proxy that aborts connections)
+// ---------------------------------------------------------------------------------------------
+
+/// `stream_wav --json` streams the recording in real time through a proxy that aborts the
+/// connection (RST both ways, no close frame) just after the server reports speech_start:
+/// mid-word. The example reconnects and resumes the session, says so in a `client.resumed`
+/// line, resends the audio the server did not get and exits 0 after `client_stop`. Every seq
+/// is printed exactly once, the session got the file's audio exactly once (its `audio_ms` is
+/// the file's length), and the speech events equal those of the same file streamed without
+/// a cut, at the recording's speech.
+#[test]
+fn stream_wav_resumes_across_a_cut_mid_word_and_reports_the_same_speech() {
+    let server = ServerProcess::start(&[]);
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let proxy = rt.block_on(CutProxy::start(server_addr(&server)));
+    let home = temp_dir("wav-resume");
+    let (speech, rate) = audio::read_wav(audio::SPEECH);
+    let truth = truth_in_padded_clip(&speech, rate, LEAD_S);
+    let clip = audio::padded(&speech, rate, LEAD_S, TAIL_S);
+    let duration_ms = clip.len() as u64 * 1000 / u64::from(rate);
+    let path = home.path().join("speech.wav");
+    write_wav(&path, &clip, rate, 1, false);
+    let path = path.to_str().expect("UTF-8 path");
+
+    let via_proxy = format!("ws://{}", proxy.addr);
+    let mut run = Run::spawn(
+        "stream_wav",
+        home.path(),
+        &["--json", "--url", &via_proxy, path],
+    );
+    run.stdout_line("vad speech_start", |v| v["event"] == "speech_start");
+    proxy.cut_all();
+    let out = run.finish();
+
+    out.assert_no_panic();
+    assert_eq!(out.code, Some(0), "{out}");
+    assert_eq!(
+        proxy.accepted(),
+        2,
+        "one connection, then one resume\n{out}"
+    );
+    let events = out.events();
+    let resumed = client_resumed(&events, &out);
+    assert_eq!(resumed["session_id"], events[0]["session_id"], "{out}");
+    out.assert_stderr_has("; resuming session ");
+    let server_events = assert_each_seq_once(&events, &out);
+    let closed = closed_event(&server_events);
+    assert_eq!(closed["reason"], "client_stop", "{closed}");
+    let audio_ms = closed["stats"]["audio_ms"].as_u64().expect("audio_ms");
+    assert!(
+        audio_ms.abs_diff(duration_ms) <= 20,
+        "the session got {audio_ms} ms of audio for a {duration_ms} ms file: the resend must \
+         continue exactly where the server was\n{out}"
+    );
+    assert_one_segment_near("stream_wav resumed", &segments(&server_events), truth);
+
+    // The same file without a cut: the same speech events, to the millisecond.
+    let direct = format!("ws://127.0.0.1:{}", server.port);
+    let uncut = Run::spawn(
+        "stream_wav",
+        home.path(),
+        &["--json", "--fast", "--url", &direct, path],
+    )
+    .finish();
+    assert_eq!(uncut.code, Some(0), "{uncut}");
+    assert_eq!(
+        of_type(&server_events, "vad")
+            .into_iter()
+            .map(without_seq)
+            .collect::<Vec<_>>(),
+        of_type(&uncut.events(), "vad")
+            .into_iter()
+            .map(without_seq)
+            .collect::<Vec<_>>(),
+        "speech events with a cut (left) and without"
+    );
+}
+
+/// Without `--json`, the resume is one human line on stderr, `stream_wav: resumed session ID
+/// after N ms, replayed K events`, and the speech segment line still shows the recording's
+/// segment once.
+#[test]
+fn stream_wav_says_in_one_line_that_it_resumed() {
+    let server = ServerProcess::start(&[]);
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let proxy = rt.block_on(CutProxy::start(server_addr(&server)));
+    let home = temp_dir("wav-resume-human");
+    let (speech, rate) = audio::read_wav(audio::SPEECH);
+    let truth = truth_in_padded_clip(&speech, rate, LEAD_S);
+    let clip = audio::padded(&speech, rate, LEAD_S, TAIL_S);
+    let path = home.path().join("speech.wav");
+    write_wav(&path, &clip, rate, 1, false);
+
+    let via_proxy = format!("ws://{}", proxy.addr);
+    let mut run = Run::spawn(
+        "stream_wav",
+        home.path(),
+        &["--url", &via_proxy, path.to_str().expect("UTF-8 path")],
+    );
+    run.line("the speech started line", Stream::Stdout, |l| {
+        l.contains("speech started")
+    });
+    proxy.cut_all();
+    let out = run.finish();
+
+    out.assert_no_panic();
+    assert_eq!(out.code, Some(0), "{out}");
+    let line = out
+        .stderr
+        .iter()
+        .find(|l| l.starts_with("stream_wav: resumed session "))
+        .unwrap_or_else(|| panic!("no resumed line\n{out}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert!(
+        matches!(
+            words.as_slice(),
+            ["stream_wav:", "resumed", "session", _, "after", ms, "ms,", "replayed", k, "events"]
+                if ms.parse::<u64>().is_ok() && k.parse::<u64>().is_ok()
+        ),
+        "{line}"
+    );
+    assert_one_segment_near(
+        "stream_wav resumed (human)",
+        &human_segments(&out.stdout),
+        truth,
+    );
+}
+
+/// `mic_capture --json` captures the recording through cpal (the named-pipe microphone) and
+/// streams it through the proxy, which aborts the connection just after speech_start. The
+/// example keeps capturing, resumes, resends what the server did not get, and after Ctrl-C
+/// stops cleanly: each seq printed once, no capture buffer dropped, the recording's speech
+/// segment once, and the server got as much audio as was fed (no hole, nothing twice).
+#[test]
+fn mic_capture_resumes_across_a_cut_mid_word_without_losing_audio() {
+    let server = ServerProcess::start(&[]);
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let proxy = rt.block_on(CutProxy::start(server_addr(&server)));
+    let mic = PipeMic::new();
+    let via_proxy = format!("ws://{}", proxy.addr);
+    let mut run = Run::spawn("mic_capture", mic.home(), &["--json", "--url", &via_proxy]);
+
+    let started = run.stdout_event("session.started");
+    let format = Format::of(&started);
+    let (speech, rate) = audio::read_wav(audio::SPEECH);
+    let speech = audio::resample(&speech, rate, format.rate);
+    let truth = truth_in_padded_clip(&speech, format.rate, LEAD_S);
+    let clip = audio::padded(&speech, format.rate, LEAD_S, TAIL_S);
+    let feeder = mic.feed(&format, format.encode(&clip));
+
+    run.stdout_line("vad speech_start", |v| v["event"] == "speech_start");
+    proxy.cut_all();
+    run.stdout_event("client.resumed");
+    run.stdout_line("vad speech_end", |v| v["event"] == "speech_end");
+    feeder
+        .clip_fed
+        .recv_timeout(HANG)
+        .expect("the feeder writes the whole clip");
+    let fed_before_stop = feeder.fed_ms();
+    run.interrupt();
+    let out = run.finish();
+    let fed_at_exit = feeder.fed_ms();
+    feeder.stop();
+
+    out.assert_no_panic();
+    assert_eq!(out.code, Some(0), "mic_capture exit code\n{out}");
+    assert_eq!(
+        proxy.accepted(),
+        2,
+        "one connection, then one resume\n{out}"
+    );
+    let events = out.events();
+    client_resumed(&events, &out);
+    let server_events = assert_each_seq_once(&events, &out);
+    let closed = closed_event(&server_events);
+    assert_eq!(closed["reason"], "client_stop", "{closed}");
+    out.assert_stderr_has("client: 0 capture buffers dropped");
+    assert_one_segment_near(
+        &format!("mic_capture resumed {} Hz", format.rate),
+        &segments(&server_events),
+        truth,
+    );
+    let audio_ms = closed["stats"]["audio_ms"].as_u64().expect("audio_ms") as i64;
+    assert!(
+        audio_ms >= fed_before_stop - 100 && audio_ms <= fed_at_exit + 20,
+        "the server got {audio_ms} ms of audio; {fed_before_stop} ms were fed before Ctrl-C and \
+         {fed_at_exit} ms by the time the example exited"
+    );
+}
+
+/// With `--no-resume`, a connection cut is the end: `stream_wav` says the connection was
+/// lost in one line and exits with 1, without reconnecting.
+#[test]
+fn no_resume_makes_a_cut_connection_exit_1() {
+    let server = ServerProcess::start(&[]);
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let proxy = rt.block_on(CutProxy::start(server_addr(&server)));
+    let via_proxy = format!("ws://{}", proxy.addr);
+    let home = temp_dir("no-resume");
+    let mut run = Run::spawn(
+        "stream_wav",
+        home.path(),
+        &["--json", "--no-resume", "--url", &via_proxy, audio::SPEECH],
+    );
+    run.stdout_event("level");
+    proxy.cut_all();
+    let out = run.finish();
+    let line = out.assert_one_failure_line("stream_wav", EXIT_SESSION);
+    assert!(line.contains("connection"), "{line}");
+    assert_eq!(proxy.accepted(), 1, "no reconnect\n{out}");
+    assert!(
+        !out.stdout.iter().any(|l| l.contains("client.resumed")),
+        "{out}"
+    );
+}
+
+/// `voxrt-loadgen --drop-every` against a real server: four sessions cut their own
+/// connections (RST) about every second and resume; its JSON summary shows cuts, as many
+/// resumes with a resume latency, no failed resume or session, and no event seq missing or
+/// duplicated.
+#[test]
+fn loadgen_drop_every_resumes_every_cut_without_losing_an_event() {
+    let server = ServerProcess::start(&[]);
+    let url = format!("ws://127.0.0.1:{}", server.port);
+    let out = Command::new(built_binary("voxrt-loadgen", &["loadgen/src"]))
+        .args([
+            "--url",
+            &url,
+            "--sessions",
+            "4",
+            "--warmup",
+            "1",
+            "--duration",
+            "4",
+            "--drop-every",
+            "1",
+            "--json",
+        ])
+        .output()
+        .expect("voxrt-loadgen runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "voxrt-loadgen\n{stderr}");
+    let summary: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("one JSON line ({e})\n{stderr}"));
+    println!("{summary}");
+    let n = |k: &str| {
+        summary[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} in {summary}"))
+    };
+    assert_eq!(n("sessions_completed"), 4, "{summary}");
+    assert_eq!(n("sessions_failed"), 0, "{summary}");
+    assert!(n("cuts") >= 4, "every session cut at least once: {summary}");
+    assert_eq!(n("resumes"), n("cuts"), "{summary}");
+    assert_eq!(n("resumes_failed"), 0, "{summary}");
+    assert_eq!(n("seq_gaps"), 0, "{summary}");
+    assert_eq!(n("seq_duplicates"), 0, "{summary}");
+    assert!(summary["resume_p50_ms"].is_f64(), "{summary}");
+    assert!(summary["resume_p99_ms"].is_f64(), "{summary}");
+}
+
+/// The `client.resumed` line an example prints with `--json`.
+fn client_resumed<'a>(events: &'a [Value], out: &Finished) -> &'a Value {
+    let resumed = events
+        .iter()
+        .find(|e| e["type"] == "client.resumed")
+        .unwrap_or_else(|| panic!("no client.resumed line\n{out}"));
+    assert!(resumed["after_ms"].is_u64(), "{resumed}");
+    assert!(resumed["replayed"].is_u64(), "{resumed}");
+    resumed
+}
+
+/// The server's events (all but the examples' own `client.*` lines), after asserting that
+/// each carries a seq and that they are 0, 1, 2, ... in order: every seq exactly once.
+fn assert_each_seq_once(events: &[Value], out: &Finished) -> Vec<Value> {
+    let server: Vec<Value> = events
+        .iter()
+        .filter(|e| !e["type"].as_str().unwrap_or("").starts_with("client."))
+        .cloned()
+        .collect();
+    let seqs: Vec<Option<u64>> = server.iter().map(|e| e["seq"].as_u64()).collect();
+    let expected: Vec<Option<u64>> = (0..server.len() as u64).map(Some).collect();
+    assert_eq!(seqs, expected, "each seq once, in order\n{out}");
+    server
+}
+
+/// An event without its `seq`, to compare events of different sessions.
+fn without_seq(e: &Value) -> Value {
+    let mut e = e.clone();
+    if let Some(o) = e.as_object_mut() {
+        o.remove("seq");
+    }
+    e
+}
+
+/// The server's address, for the proxy in front of it.
+fn server_addr(server: &ServerProcess) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], server.port))
+}
+
+// ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
@@ -611,24 +919,28 @@ fn full_server_is_one_line_saying_503_and_exit_4() {
 /// `target/<profile>/deps/clients-HASH`, the examples are `target/<profile>/examples/<name>`.
 /// Fails when it is missing or older than one of its sources.
 fn example(name: &str) -> PathBuf {
+    // Its sources: `examples/<name>.rs` or `examples/<name>/`, and the shared `examples/common/`.
+    let rs = format!("examples/{name}.rs");
+    let dir = format!("examples/{name}");
+    built_binary(&format!("examples/{name}"), &[&rs, &dir, "examples/common"])
+}
+
+/// The binary at `target/<profile>/<path>` (an example, or another workspace package's
+/// binary such as `voxrt-loadgen`), built next to this test binary; fails when it is missing
+/// or older than one of the `.rs` files under `sources` (paths from the workspace root).
+fn built_binary(path: &str, sources: &[&str]) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test binary under target/<profile>/deps");
-    let path = profile_dir.join("examples").join(name);
-    let build =
-        "build the examples first: `cargo build --features mic --examples` (scripts/test does)";
+    let path = profile_dir.join(path);
+    let build = "build it first: `cargo build --workspace --examples --bins --features voxrt/mic` (scripts/test does)";
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
-        .unwrap_or_else(|e| panic!("example binary {}: {e}; {build}", path.display()));
-    // Its sources: `examples/<name>.rs` or `examples/<name>/`, and the shared `examples/common/`.
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let mut sources = vec![
-        examples.join(format!("{name}.rs")),
-        examples.join(name),
-        examples.join("common"),
-    ];
+        .unwrap_or_else(|e| panic!("binary {}: {e}; {build}", path.display()));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut sources: Vec<PathBuf> = sources.iter().map(|s| root.join(s)).collect();
     while let Some(source) = sources.pop() {
         let Ok(meta) = std::fs::metadata(&source) else {
             continue; // `<name>.rs` or `<name>/`, whichever it is not
@@ -641,7 +953,7 @@ fn example(name: &str) -> PathBuf {
             let changed = meta.modified().expect("modification time");
             assert!(
                 changed <= built,
-                "example binary {} is older than {}; {build}",
+                "binary {} is older than {}; {build}",
                 path.display(),
                 source.display()
             );
@@ -721,6 +1033,29 @@ impl Run {
                     self.seen.push((stream, line));
                     if let Some(v) = value.filter(|v| pred(v)) {
                         return v;
+                    }
+                }
+                Err(e) => panic!(
+                    "{}: no {what} ({e}); output so far:\n{}",
+                    self.program,
+                    show(&self.seen)
+                ),
+            }
+        }
+    }
+
+    /// Reads lines until one on `stream` satisfies `pred`, and returns it; panics after
+    /// [`HANG`] or when the example exits first, showing everything it printed.
+    fn line(&mut self, what: &str, stream: Stream, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + HANG;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((s, line)) => {
+                    let hit = s == stream && pred(&line);
+                    self.seen.push((s, line.clone()));
+                    if hit {
+                        return line;
                     }
                 }
                 Err(e) => panic!(

@@ -397,18 +397,18 @@ async fn clients_that_vanish_are_detected_and_leave_nothing_behind() {
     assert!(status.success());
     let frozen_at = std::time::Instant::now();
 
-    let stats = server
-        .wait_for_stats("four sessions detached", |s| {
-            s["registry"]["sessions_detached"] == 4
+    server
+        .wait_for_stats("the killed clients' sessions detached", |s| {
+            s["registry"]["sessions_detached"].as_u64() >= Some(3)
         })
         .await;
-    let detected_after = frozen_at.elapsed();
-    assert_eq!(stats["registry"]["sessions_active"], 5, "{stats}");
     let stats = server
         .wait_for_stats("only the healthy session left", |s| {
             s["registry"]["sessions_active"] == 1
         })
         .await;
+    // The frozen client's session ended last: heartbeat timeout, then the resume window.
+    let detected_after = frozen_at.elapsed();
     assert_eq!(
         stats["registry"]["closed_by_reason"]["resume_expired"], 4,
         "{stats}"

@@ -1,38 +1,42 @@
 //! The client side of protocol v1 that `stream_wav` and `mic_capture` share: building the
 //! stream URL, connecting (and explaining a refusal), waiting for `session.started`, printing
-//! server events, stopping the session, and the exit codes.
+//! server events, resuming the session after a connection loss, stopping the session, and the
+//! exit codes.
+//!
+//! Layout: `connect.rs` opens connections (new and resumed) and explains refusals; `link.rs`
+//! is the task owning a session's connection (events, audio, reconnect and resume);
+//! `ring.rs` keeps the audio the server has not confirmed; `backoff.rs` the delays between
+//! reconnect attempts; `printer.rs` shows events.
 //!
 //! Each example declares `mod common;`; cargo does not build a subdirectory of `examples/` as
 //! an example of its own. Nothing here prints the example's name: messages that need it are
 //! returned as a [`Failure`] and printed by [`exit`].
 
+mod backoff;
+mod connect;
+mod link;
 mod printer;
+mod ring;
 
-use futures_util::{SinkExt, StreamExt};
+use connect::{close_detail, Ws};
+use futures_util::StreamExt;
+use link::{Command, Link, ReadState, Resume, WriteState};
 use printer::{fmt_ms, Printer};
+use ring::AudioRing;
 use serde_json::Value;
 use std::fmt;
 use std::process::ExitCode;
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::tungstenite::Message;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-/// Where the examples send audio (binary frames) and `stop`.
-pub type WsSink = futures_util::stream::SplitSink<Ws, Message>;
-type WsStream = futures_util::stream::SplitStream<Ws>;
-
-/// How long to wait for the TCP connection and the WebSocket handshake.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for `session.started` after the upgrade.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long to wait for `session.closed` after `stop`.
+/// How long to wait for `session.closed` after `stop` (plus the resume window, for a resume
+/// on the way).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long to let the close handshake finish after `session.closed`.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why an example stops early; each kind has its own exit code.
 #[derive(Debug)]
@@ -119,59 +123,135 @@ pub fn chunk_frames(rate: u32, chunk_ms: u32) -> usize {
     (u64::from(rate) * u64::from(chunk_ms) / 1000).max(1) as usize
 }
 
-/// `ws://host:port` plus `/v1/stream?...` for this format. `--url` may also be `http(s)://`
-/// or already end in `/v1/stream`; anything with a query of its own is a bad argument.
-pub fn stream_url(
-    base: &str,
-    rate: u32,
-    channels: u16,
-    encoding: Encoding,
-) -> Result<String, Failure> {
-    let base = base.trim().trim_end_matches('/');
-    let base = if let Some(rest) = base.strip_prefix("http://") {
-        format!("ws://{rest}")
-    } else if let Some(rest) = base.strip_prefix("https://") {
-        format!("wss://{rest}")
-    } else {
-        base.to_string()
-    };
-    if !(base.starts_with("ws://") || base.starts_with("wss://")) || base.contains('?') {
-        return Err(Failure::Input(format!(
-            "--url must look like ws://HOST:PORT (got \"{base}\")"
-        )));
-    }
-    let path = if base.ends_with("/v1/stream") {
-        base
-    } else {
-        format!("{base}/v1/stream")
-    };
-    Ok(format!(
-        "{path}?sample_rate={rate}&channels={channels}&encoding={}",
-        encoding.name()
-    ))
+/// Where sessions are opened and resumed: `ws(s)://host:port/v1/stream`.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    path: String,
 }
 
-/// A session the server has confirmed with `session.started`: audio may go out on `sink`.
+impl Endpoint {
+    /// `--url` as given: `ws(s)://host:port`, also `http(s)://`, optionally already ending in
+    /// `/v1/stream`; anything with a query of its own is a bad argument.
+    pub fn parse(base: &str) -> Result<Endpoint, Failure> {
+        let base = base.trim().trim_end_matches('/');
+        let base = if let Some(rest) = base.strip_prefix("http://") {
+            format!("ws://{rest}")
+        } else if let Some(rest) = base.strip_prefix("https://") {
+            format!("wss://{rest}")
+        } else {
+            base.to_string()
+        };
+        if !(base.starts_with("ws://") || base.starts_with("wss://")) || base.contains('?') {
+            return Err(Failure::Input(format!(
+                "--url must look like ws://HOST:PORT (got \"{base}\")"
+            )));
+        }
+        let path = if base.ends_with("/v1/stream") {
+            base
+        } else {
+            format!("{base}/v1/stream")
+        };
+        Ok(Endpoint { path })
+    }
+
+    /// The URL of a new session in this format.
+    pub fn stream_url(&self, rate: u32, channels: u16, encoding: Encoding) -> String {
+        format!(
+            "{}?sample_rate={rate}&channels={channels}&encoding={}",
+            self.path,
+            encoding.name()
+        )
+    }
+
+    /// The URL resuming session `id` after the events up to `last_seq` (no format
+    /// parameters: the session has its format).
+    fn resume_url(&self, id: &str, token: &str, last_seq: u64) -> String {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("resume", id)
+            .append_pair("resume_token", token)
+            .append_pair("last_seq", &last_seq.to_string())
+            .finish();
+        format!("{}?{query}", self.path)
+    }
+}
+
+/// What an example streams, and how.
+pub struct Options {
+    /// The example's name, for its lines on stderr.
+    pub program: &'static str,
+    pub endpoint: Endpoint,
+    /// An API key or JWT, presented as a Bearer credential.
+    pub token: Option<String>,
+    pub rate: u32,
+    pub channels: u16,
+    pub encoding: Encoding,
+    /// Print server events as JSON lines.
+    pub json: bool,
+    /// Resume the session after a connection loss (when the server offers it).
+    pub resume: bool,
+}
+
+/// A session the server has confirmed with `session.started`. Its connection belongs to a
+/// task of its own (see `link.rs`) that prints the server's events from now on, so that they
+/// show up while the caller sends audio on `uplink`, and that resumes the session after a
+/// connection loss.
 pub struct Session {
-    pub sink: WsSink,
+    pub uplink: Uplink,
+    pub events: Events,
     /// `limits.max_binary_frame_bytes` from `session.started`.
     max_frame_bytes: usize,
-    events: WsStream,
-    printer: Printer,
 }
 
 impl Session {
-    /// Connects to `url`, presenting `token` (an API key or JWT) as a Bearer credential when
-    /// given, and waits for `session.started`, printing it (as JSON with `json`).
-    pub async fn open(url: &str, token: Option<&str>, json: bool) -> Result<Session, Failure> {
-        let (sink, mut events) = connect(url, token).await?.split();
-        let mut printer = Printer::new(json);
-        let max_frame_bytes = wait_for_start(&mut events, &mut printer).await?;
-        Ok(Session {
-            sink,
+    /// Connects, waits for `session.started` (printing it) and starts the connection's task.
+    pub async fn open(opts: Options) -> Result<Session, Failure> {
+        let url = opts
+            .endpoint
+            .stream_url(opts.rate, opts.channels, opts.encoding);
+        let mut ws = connect::connect(&url, opts.token.as_deref()).await?;
+        let mut printer = Printer::new(opts.json);
+        let started = wait_for_start(&mut ws, &mut printer).await?;
+        let max = started
+            .pointer("/limits/max_binary_frame_bytes")
+            .and_then(Value::as_u64)
+            .unwrap_or(64 * 1024);
+        let max_frame_bytes = usize::try_from(max).unwrap_or(usize::MAX).max(1);
+        let resume = opts.resume.then(|| resume_offer(&started)).flatten();
+        let bytes_per_frame = usize::from(opts.channels) * opts.encoding.bytes_per_sample();
+        let ring_frames = resume
+            .as_ref()
+            .map_or(0, |r| r.window.as_secs() * u64::from(opts.rate));
+        let window = resume.as_ref().map_or(Duration::ZERO, |r| r.window);
+        let link = Link {
+            program: opts.program,
+            endpoint: opts.endpoint,
+            token: opts.token,
+            session_id: started
+                .get("session_id")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_string(),
+            resume,
+            rate: opts.rate,
             max_frame_bytes,
-            events,
-            printer,
+            json: opts.json,
+            reader: ReadState {
+                printer,
+                last_seq: started.get("seq").and_then(Value::as_u64).unwrap_or(0),
+                gaps: 0,
+            },
+            writer: WriteState {
+                ring: AudioRing::new(bytes_per_frame, ring_frames),
+                stop_requested: false,
+                commands_done: false,
+            },
+        };
+        let (tx, rx) = mpsc::channel(UPLINK_COMMANDS);
+        let task = tokio::spawn(link.run(ws, rx));
+        Ok(Session {
+            uplink: Uplink { tx },
+            events: Events { task, window },
+            max_frame_bytes,
         })
     }
 
@@ -180,18 +260,44 @@ impl Session {
     pub fn max_frames(&self, bytes_per_frame: usize) -> usize {
         (self.max_frame_bytes / bytes_per_frame).max(1)
     }
+}
 
-    /// Prints the server's events from now on in a task of their own, so that they show up
-    /// while the caller sends audio on the returned sink.
-    pub fn read_events(self) -> (WsSink, Events) {
-        let task = tokio::spawn(read_events(self.events, self.printer));
-        (self.sink, Events { task })
+/// Commands (audio chunks, `stop`) that may wait for the connection's task: few, so that a
+/// server applying backpressure (or a reconnect with a full ring) holds the example up.
+const UPLINK_COMMANDS: usize = 4;
+
+/// `resume` from `session.started`: the token and window when the server offers resume.
+fn resume_offer(started: &Value) -> Option<Resume> {
+    let token = started.pointer("/resume/token")?.as_str()?.to_string();
+    let window_s = started.pointer("/resume/window_s")?.as_u64()?;
+    (window_s > 0).then(|| Resume {
+        token,
+        window: Duration::from_secs(window_s),
+    })
+}
+
+/// Where the example's audio goes.
+pub struct Uplink {
+    tx: mpsc::Sender<Command>,
+}
+
+/// The session's task has ended: [`Events::ended`] says how.
+#[derive(Debug)]
+pub struct Gone;
+
+impl Uplink {
+    /// Sends whole sample frames, at most one binary frame's worth (see
+    /// [`Session::max_frames`]); waits while the server or a reconnect holds the audio up.
+    pub async fn send(&mut self, bytes: Vec<u8>) -> Result<(), Gone> {
+        self.tx.send(Command::Audio(bytes)).await.map_err(|_| Gone)
     }
 }
 
-/// The task printing server events until `session.closed`.
+/// The task serving the session until `session.closed`.
 pub struct Events {
     task: JoinHandle<Result<Closed, Failure>>,
+    /// The resume window: how much longer than [`CLOSE_TIMEOUT`] `stop` may take.
+    window: Duration,
 }
 
 impl Events {
@@ -207,118 +313,50 @@ impl Events {
         }
     }
 
-    /// Sends `stop` and waits for `session.closed` (Ctrl-C or [`CLOSE_TIMEOUT`] give up
-    /// waiting, and fail), then closes the connection.
-    pub async fn stop(mut self, mut sink: WsSink) -> Result<Closed, Failure> {
-        if let Err(e) = sink.send(stop_message()).await {
-            return Err(Failure::Session(format!("could not send stop: {e}")));
-        }
-        let waited = tokio::select! {
-            r = tokio::time::timeout(CLOSE_TIMEOUT, self.ended()) => r,
-            _ = tokio::signal::ctrl_c() => {
-                self.task.abort();
-                return Err(Failure::Session(
-                    "interrupted; not waiting for session.closed".into(),
-                ));
+    /// Sends `stop` and waits for `session.closed` (Ctrl-C or [`CLOSE_TIMEOUT`], plus the
+    /// resume window, give up waiting, and fail); the connection closes after it.
+    pub async fn stop(mut self, uplink: Uplink) -> Result<Closed, Failure> {
+        let limit = CLOSE_TIMEOUT + self.window;
+        let interrupted = {
+            let finish = async {
+                // Waits while a reconnect holds audio up; a send error means the task has
+                // ended already: `ended` says how.
+                let _ = uplink.tx.send(Command::Stop).await;
+                drop(uplink);
+                self.ended().await
+            };
+            tokio::select! {
+                r = tokio::time::timeout(limit, finish) => Some(r),
+                _ = tokio::signal::ctrl_c() => None,
             }
+        };
+        let Some(waited) = interrupted else {
+            self.task.abort();
+            return Err(Failure::Session(
+                "interrupted; not waiting for session.closed".into(),
+            ));
         };
         let Ok(closed) = waited else {
             self.task.abort();
             return Err(Failure::Session(format!(
                 "no session.closed within {} s after stop",
-                CLOSE_TIMEOUT.as_secs()
+                limit.as_secs()
             )));
         };
-        let closed = closed?;
-        // Best effort: the server closes the connection itself after session.closed.
-        let _ = sink.close().await;
-        Ok(closed)
+        closed
     }
 }
 
-/// The control message that ends a session (the server answers with `session.closed`); public
-/// for a caller that has to end a session before reading its events.
-pub fn stop_message() -> Message {
+/// The control message that ends a session (the server answers with `session.closed`).
+fn stop_message() -> Message {
     Message::text(r#"{"type":"stop"}"#)
 }
 
-/// Opens the WebSocket, turning every failure into an unreachable/refused message.
-async fn connect(url: &str, token: Option<&str>) -> Result<Ws, Failure> {
-    use tungstenite::client::IntoClientRequest;
-    let mut request = url
-        .into_client_request()
-        .map_err(|e| Failure::Unreachable(format!("cannot connect to {url}: {e}")))?;
-    if let Some(token) = token {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| Failure::Input("--token must be printable ASCII".into()))?;
-        request.headers_mut().insert("authorization", value);
-    }
-    let attempt = tokio_tungstenite::connect_async_with_config(request, None, true);
-    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
-        Err(_) => Err(Failure::Unreachable(format!(
-            "server unreachable: no answer from {url} within {} s",
-            CONNECT_TIMEOUT.as_secs()
-        ))),
-        Ok(Ok((ws, _response))) => Ok(ws),
-        Ok(Err(tungstenite::Error::Http(response))) => Err(refusal(&response, token.is_some())),
-        Ok(Err(tungstenite::Error::Io(e))) => Err(Failure::Unreachable(format!(
-            "server unreachable at {url}: {e} (is the server running? start it with `cargo run`)"
-        ))),
-        Ok(Err(tungstenite::Error::Url(e))) => Err(Failure::Unreachable(format!(
-            "cannot connect to {url}: {e}"
-        ))),
-        Ok(Err(e)) => Err(Failure::Unreachable(format!("no WebSocket at {url}: {e}"))),
-    }
-}
-
-/// Describes an HTTP refusal: status plus the server's `{"error":{code,message,...}}`, or the
-/// start of the body when it is not that; a 401 also says what to do about the credential
-/// (`with_token`: one was presented).
-fn refusal(response: &tungstenite::handshake::client::Response, with_token: bool) -> Failure {
-    let status = response.status();
-    let hint = match (status.as_u16(), with_token) {
-        (401, false) => "; pass an API key or JWT with `--token` (or set VOXRT_TOKEN)",
-        (401, true) => "; check the key or JWT given with `--token` (or VOXRT_TOKEN)",
-        _ => "",
-    };
-    let body = response.body().as_deref().unwrap_or_default();
-    let parsed: Option<Value> = serde_json::from_slice(body).ok();
-    let error = parsed.as_ref().and_then(|v| v.get("error"));
-    match error {
-        Some(e) => {
-            let code = e.get("code").and_then(Value::as_str).unwrap_or("?");
-            let message = e.get("message").and_then(Value::as_str).unwrap_or("");
-            let cid = e
-                .get("correlation_id")
-                .and_then(Value::as_str)
-                .unwrap_or("-");
-            let retry = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .map(|s| format!(", retry after {s} s"))
-                .unwrap_or_default();
-            Failure::Refused(format!(
-                "refused by the server: HTTP {status} {code}: {message}{hint} (correlation_id {cid}{retry})"
-            ))
-        }
-        None => {
-            let text = String::from_utf8_lossy(body);
-            let text: String = text.trim().chars().take(200).collect();
-            Failure::Refused(format!(
-                "refused by the server: HTTP {status}{}{text}{hint}",
-                if text.is_empty() { "" } else { ": " }
-            ))
-        }
-    }
-}
-
-/// Waits for `session.started`, prints it, and returns `limits.max_binary_frame_bytes`.
-async fn wait_for_start(stream: &mut WsStream, printer: &mut Printer) -> Result<usize, Failure> {
+/// Waits for `session.started`, prints it, and returns it.
+async fn wait_for_start(ws: &mut Ws, printer: &mut Printer) -> Result<Value, Failure> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        let next = match tokio::time::timeout_at(deadline, stream.next()).await {
+        let next = match tokio::time::timeout_at(deadline, ws.next()).await {
             Ok(next) => next,
             Err(_) => {
                 return Err(Failure::Session(format!(
@@ -329,14 +367,10 @@ async fn wait_for_start(stream: &mut WsStream, printer: &mut Printer) -> Result<
         };
         match next {
             Some(Ok(Message::Text(text))) => {
-                let event = printer.print(text.as_str());
+                let value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+                let event = printer.print(text.as_str(), value);
                 if event.kind == "session.started" {
-                    let max = event
-                        .value
-                        .pointer("/limits/max_binary_frame_bytes")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(64 * 1024);
-                    return Ok(usize::try_from(max).unwrap_or(usize::MAX));
+                    return Ok(event.value);
                 }
                 if event.kind == "session.closed" {
                     return Err(Failure::Session(
@@ -356,56 +390,6 @@ async fn wait_for_start(stream: &mut WsStream, printer: &mut Printer) -> Result<
                 return Err(Failure::Session(
                     "connection closed before session.started".into(),
                 ))
-            }
-        }
-    }
-}
-
-/// ` (close code N: reason)` for a message about a close frame; empty without one.
-fn close_detail(frame: Option<&tungstenite::protocol::CloseFrame>) -> String {
-    match frame {
-        Some(f) if f.reason.is_empty() => format!(" (close code {})", u16::from(f.code)),
-        Some(f) => format!(" (close code {}: {})", u16::from(f.code), f.reason),
-        None => String::new(),
-    }
-}
-
-/// Reads server events until `session.closed`, printing each one.
-async fn read_events(mut stream: WsStream, mut printer: Printer) -> Result<Closed, Failure> {
-    loop {
-        match stream.next().await {
-            Some(Ok(Message::Text(text))) => {
-                let event = printer.print(text.as_str());
-                if event.kind == "session.closed" {
-                    // Let the close handshake finish (tungstenite answers the close frame).
-                    let drain = async {
-                        while let Some(Ok(m)) = stream.next().await {
-                            if m.is_close() {
-                                break;
-                            }
-                        }
-                    };
-                    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
-                    return Ok(Closed::from_event(&event.value));
-                }
-            }
-            Some(Ok(Message::Close(frame))) => {
-                printer.end_line();
-                return Err(Failure::Session(format!(
-                    "the server closed the connection without session.closed{}",
-                    close_detail(frame.as_ref())
-                )));
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                printer.end_line();
-                return Err(Failure::Session(format!("connection lost: {e}")));
-            }
-            None => {
-                printer.end_line();
-                return Err(Failure::Session(
-                    "connection closed without session.closed".into(),
-                ));
             }
         }
     }

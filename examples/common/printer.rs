@@ -34,9 +34,9 @@ impl Printer {
         }
     }
 
-    /// Prints one text frame from the server and returns it parsed.
-    pub(super) fn print(&mut self, text: &str) -> Event {
-        let value: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+    /// Prints one text frame from the server (`value`: `text` parsed, `Null` if it is not
+    /// JSON) and returns it.
+    pub(super) fn print(&mut self, text: &str, value: Value) -> Event {
         let kind = value
             .get("type")
             .and_then(Value::as_str)

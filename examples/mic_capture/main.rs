@@ -36,8 +36,15 @@
 //! the id without the host prefix (`hw:CARD=1,DEV=0`), or the device's name; a part of a name
 //! or id works when it matches exactly one input device.
 //!
+//! When the connection is lost without `session.closed`, the example keeps capturing, reconnects
+//! with backoff and resumes the session (docs/protocol.md, "Resume"), sending the audio the
+//! server did not get (at most the server's resume window of it) so that the session's
+//! timeline has no hole; no event is printed twice. It prints `resumed session ID after N ms,
+//! replayed K events` on stderr (with `--json`, a `{"type":"client.resumed",...}` line on
+//! stdout). `--no-resume` turns this off.
+//!
 //! Exit codes: 0 session closed after Ctrl-C; 1 the session ended any other way (fatal server
-//! error, connection lost, no `session.closed`); 2 no usable input device (or bad arguments);
+//! error, connection lost and not resumed, no `session.closed`); 2 no usable input device (or bad arguments);
 //! 3 the server is unreachable or did not speak WebSocket; 4 the server refused the stream
 //! (HTTP status, error code and message are printed).
 
@@ -47,22 +54,21 @@ mod devices;
 
 use clap::Parser;
 use common::{
-    chunk_frames, exit, print_report, stop_message, stream_url, Encoding, Events, Failure, Session,
-    WsSink,
+    chunk_frames, exit, print_report, Encoding, Endpoint, Events, Failure, Options, Session, Uplink,
 };
 use cpal::traits::{DeviceTrait, StreamTrait};
 use cpal::{FromSample, Sample, SampleFormat, SizedSample};
 use devices::{list_devices, pick_device, TRY_DEVICES};
-use futures_util::SinkExt;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Capture buffers that may wait for the WebSocket task before new ones are dropped.
 const CHANNEL_BUFFERS: usize = 128;
+/// How long ending the session may take when capturing could not start.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Stream the microphone to a voxrt server: live level meter, speech segments, errors.
 #[derive(Parser, Debug)]
@@ -87,6 +93,9 @@ struct Args {
     /// Print server events as raw JSON lines.
     #[arg(long)]
     json: bool,
+    /// Do not resume the session after a connection loss (a loss then ends the run, exit 1).
+    #[arg(long)]
+    no_resume: bool,
 }
 
 #[tokio::main]
@@ -102,29 +111,44 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Failure> {
     let mut capture = open_input(args.device.as_deref())?;
-    let url = stream_url(&args.url, capture.rate, capture.channels, capture.encoding)?;
-    eprintln!("mic_capture: {} -> {url}", capture.describe());
+    let endpoint = Endpoint::parse(&args.url)?;
+    eprintln!(
+        "mic_capture: {} -> {}",
+        capture.describe(),
+        endpoint.stream_url(capture.rate, capture.channels, capture.encoding)
+    );
 
-    let mut session = Session::open(&url, args.token.as_deref(), args.json).await?;
+    let session = Session::open(Options {
+        program: "mic_capture",
+        endpoint,
+        token: args.token.clone(),
+        rate: capture.rate,
+        channels: capture.channels,
+        encoding: capture.encoding,
+        json: args.json,
+        resume: !args.no_resume,
+    })
+    .await?;
     let bytes_per_frame = usize::from(capture.channels) * capture.encoding.bytes_per_sample();
     let chunk_bytes = chunk_frames(capture.rate, args.chunk_ms) * bytes_per_frame;
     let max_bytes = session.max_frames(bytes_per_frame) * bytes_per_frame;
+    let Session { uplink, events, .. } = session;
 
     if let Err(failure) = capture.start() {
-        let _ = session.sink.send(stop_message()).await;
+        // Best effort: end the session rather than leave it to the idle timeout.
+        let _ = tokio::time::timeout(STOP_WAIT, events.stop(uplink)).await;
         return Err(failure);
     }
     if !args.json {
         eprintln!("mic_capture: listening; Ctrl-C to stop");
     }
-    let (sink, events) = session.read_events();
-    let uplink = Uplink {
-        sink,
+    let chunker = Chunker {
+        uplink,
         pending: Vec::with_capacity(chunk_bytes * 2),
         chunk_bytes,
         max_bytes,
     };
-    stream_capture(capture, uplink, events, args.json).await
+    stream_capture(capture, chunker, events, args.json).await
 }
 
 /// Streams until Ctrl-C or until the device goes away, then stops the session and prints its
@@ -132,7 +156,7 @@ async fn run(args: Args) -> Result<(), Failure> {
 /// device was lost (exit 2), or as [`common::Closed::expect_client_stop`] says.
 async fn stream_capture(
     mut capture: Capture,
-    mut uplink: Uplink,
+    mut chunker: Chunker,
     mut events: Events,
     json: bool,
 ) -> Result<(), Failure> {
@@ -148,7 +172,11 @@ async fn stream_capture(
                     device_lost = Some("the capture stream ended".to_string());
                     break;
                 };
-                uplink.push(&buffer).await?;
+                if chunker.push(&buffer).await.is_err() {
+                    // The session's task ended: the branch below says how.
+                    drop(capture);
+                    return server_ended(events.ended().await, json);
+                }
             }
             Some(err) = capture.errors.recv() => match err.kind() {
                 cpal::ErrorKind::Xrun => xruns += 1,
@@ -160,24 +188,21 @@ async fn stream_capture(
             },
             ended = events.ended() => {
                 drop(capture);
-                let closed = ended?;
-                closed.print_summary(json);
-                return Err(Failure::Session(format!(
-                    "the server ended the session ({})",
-                    closed.reason
-                )));
+                return server_ended(ended, json);
             }
         }
     }
 
     // Stop capturing, send what is left, then stop the session.
-    let dropped = capture.stop(&mut uplink.pending);
+    let dropped = capture.stop(&mut chunker.pending);
     match &device_lost {
         Some(why) => note(&format!("input device lost ({why}); sending stop")),
         None => note("stopping: sending stop, waiting for session.closed"),
     }
-    uplink.flush().await?;
-    let closed = events.stop(uplink.sink).await?;
+    if chunker.flush().await.is_err() {
+        return server_ended(events.ended().await, json);
+    }
+    let closed = events.stop(chunker.uplink).await?;
 
     closed.print_summary(json);
     print_report(
@@ -192,10 +217,20 @@ async fn stream_capture(
     closed.expect_client_stop()
 }
 
+/// The session ended (or failed) while the microphone was still streaming.
+fn server_ended(ended: Result<common::Closed, Failure>, json: bool) -> Result<(), Failure> {
+    let closed = ended?;
+    closed.print_summary(json);
+    Err(Failure::Session(format!(
+        "the server ended the session ({})",
+        closed.reason
+    )))
+}
+
 /// Captured audio on its way to the server: collected up to `--chunk-ms`, then sent in binary
 /// frames no larger than the server's limit.
-struct Uplink {
-    sink: WsSink,
+struct Chunker {
+    uplink: Uplink,
     pending: Vec<u8>,
     /// Send once this much is pending (whole sample frames).
     chunk_bytes: usize,
@@ -203,9 +238,10 @@ struct Uplink {
     max_bytes: usize,
 }
 
-impl Uplink {
-    /// Adds a capture buffer, sending what is pending once it reaches a chunk.
-    async fn push(&mut self, buffer: &[u8]) -> Result<(), Failure> {
+impl Chunker {
+    /// Adds a capture buffer, sending what is pending once it reaches a chunk. `Err`: the
+    /// session's task has ended.
+    async fn push(&mut self, buffer: &[u8]) -> Result<(), common::Gone> {
         self.pending.extend_from_slice(buffer);
         if self.pending.len() >= self.chunk_bytes {
             self.flush().await?;
@@ -214,13 +250,9 @@ impl Uplink {
     }
 
     /// Sends everything pending as binary frames of at most `max_bytes`.
-    async fn flush(&mut self) -> Result<(), Failure> {
+    async fn flush(&mut self) -> Result<(), common::Gone> {
         for part in self.pending.chunks(self.max_bytes) {
-            if let Err(e) = self.sink.send(Message::binary(part.to_vec())).await {
-                return Err(Failure::Session(format!(
-                    "connection lost while sending: {e}"
-                )));
-            }
+            self.uplink.send(part.to_vec()).await?;
         }
         self.pending.clear();
         Ok(())

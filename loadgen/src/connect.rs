@@ -1,11 +1,13 @@
 //! Opening a session: TCP, the WebSocket upgrade (a refusal becomes an [`Outcome`]) and
-//! `session.started`, whose announced settings the attribution of events needs; and the
-//! one-session probe the load generator runs before it starts.
+//! `session.started`, whose announced settings the attribution of events needs; resuming one
+//! (`session.resumed`); cutting a connection abruptly; and the one-session probe the load
+//! generator runs before it starts.
 
 use crate::metrics::Outcome;
 use crate::session::{close_detail, stop_message, START_TIMEOUT};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
@@ -33,6 +35,12 @@ pub struct Started {
     pub max_binary_frame_bytes: Option<u64>,
     /// `pipeline.resampler_delay_ms` (servers before it was announced: absent).
     pub resampler_delay_ms: Option<f64>,
+    /// `session_id`.
+    pub session_id: String,
+    /// `resume.token` and `resume.window_s`, when the server offers resume.
+    pub resume: Option<(String, u64)>,
+    /// `seq` of `session.started` (0).
+    pub seq: u64,
 }
 
 impl Started {
@@ -45,44 +53,34 @@ impl Started {
             resampler_delay_ms: v
                 .pointer("/pipeline/resampler_delay_ms")
                 .and_then(Value::as_f64),
+            session_id: v
+                .get("session_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            resume: v
+                .pointer("/resume/token")
+                .and_then(Value::as_str)
+                .zip(n("/resume/window_s"))
+                .map(|(t, w)| (t.to_owned(), w)),
+            seq: n("/seq").unwrap_or(0),
         }
     }
 }
 
+/// What `session.resumed` said.
+#[derive(Debug, Clone, Copy)]
+pub struct Resumed {
+    /// Input sample frames the server accepted before the loss (from `audio_ms` for servers
+    /// that do not send `input_frames`).
+    pub input_frames: u64,
+    /// Buffered events the server replays next.
+    pub replayed: u64,
+}
+
 /// Opens one session: TCP, upgrade, `session.started`. `Err` is the outcome to report.
 pub async fn connect(url: &str, auth: Option<&HeaderValue>) -> Result<(Ws, Started), Outcome> {
-    let mut request = url
-        .into_client_request()
-        .map_err(|e| Outcome::ConnectError(format!("bad URL {url}: {e}")))?;
-    if let Some(auth) = auth {
-        request.headers_mut().insert("authorization", auth.clone());
-    }
-    // The server sends small JSON events: a 4 KiB read buffer instead of the default 128 KiB
-    // keeps thousands of sessions cheap (tungstenite zero-fills the free part on every read).
-    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-    let attempt = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
-    let mut ws = match timeout(CONNECT_TIMEOUT, attempt).await {
-        Err(_) => {
-            return Err(Outcome::ConnectError(format!(
-                "no WebSocket upgrade within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            )))
-        }
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(tungstenite::Error::Http(response))) => {
-            let code = response
-                .body()
-                .as_deref()
-                .and_then(|b| serde_json::from_slice::<Value>(b).ok())
-                .and_then(|v| v.pointer("/error/code")?.as_str().map(str::to_owned))
-                .unwrap_or_else(|| "-".to_string());
-            return Err(Outcome::Refused {
-                status: response.status().as_u16(),
-                code,
-            });
-        }
-        Ok(Err(e)) => return Err(Outcome::ConnectError(e.to_string())),
-    };
+    let mut ws = upgrade(url, auth).await?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         let next = timeout_at(deadline, ws.next()).await.map_err(|_| {
@@ -121,6 +119,113 @@ pub async fn connect(url: &str, auth: Option<&HeaderValue>) -> Result<(Ws, Start
             }
         }
     }
+}
+
+/// Resumes a session at `url` (`...?resume=ID&resume_token=T&last_seq=N`): upgrade, then
+/// `session.resumed`, which must be the first frame. `rate` converts `audio_ms` for servers
+/// that do not send `input_frames`.
+pub async fn resume(
+    url: &str,
+    auth: Option<&HeaderValue>,
+    rate: u32,
+) -> Result<(Ws, Resumed), Outcome> {
+    let mut ws = upgrade(url, auth).await?;
+    let first = timeout(START_TIMEOUT, ws.next()).await.map_err(|_| {
+        Outcome::ConnectError(format!(
+            "no session.resumed within {} s",
+            START_TIMEOUT.as_secs()
+        ))
+    })?;
+    let text = match first {
+        Some(Ok(Message::Text(text))) => text,
+        Some(Ok(Message::Close(frame))) => {
+            return Err(Outcome::ConnectError(format!(
+                "closed before session.resumed{}",
+                close_detail(frame.as_ref())
+            )))
+        }
+        Some(Ok(_)) => {
+            return Err(Outcome::ConnectError(
+                "a non-text frame before session.resumed".into(),
+            ))
+        }
+        Some(Err(e)) => return Err(Outcome::ConnectError(format!("connection lost: {e}"))),
+        None => {
+            return Err(Outcome::ConnectError(
+                "closed before session.resumed".into(),
+            ))
+        }
+    };
+    let v: Value = serde_json::from_str(text.as_str()).unwrap_or(Value::Null);
+    if v.get("type").and_then(Value::as_str) != Some("session.resumed") {
+        let start: String = text.as_str().chars().take(80).collect();
+        return Err(Outcome::ConnectError(format!(
+            "expected session.resumed first, got {start}"
+        )));
+    }
+    let n = |k: &str| v.get(k).and_then(Value::as_u64);
+    let input_frames =
+        n("input_frames").unwrap_or_else(|| n("audio_ms").unwrap_or(0) * u64::from(rate) / 1000);
+    Ok((
+        ws,
+        Resumed {
+            input_frames,
+            replayed: n("replayed").unwrap_or(0),
+        },
+    ))
+}
+
+/// A second handle on a connection's socket, to cut it later with [`cut`].
+pub fn socket_handle(ws: &Ws) -> Option<OwnedFd> {
+    match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.as_fd().try_clone_to_owned().ok(),
+        _ => None,
+    }
+}
+
+/// Makes closing the socket abort the connection: with `SO_LINGER` 0 the kernel sends RST
+/// and discards unsent data instead of a FIN, so the server sees a network failure, not a
+/// close. The connection ends once every handle on it (this one and the WebSocket's) is
+/// dropped.
+pub fn cut(socket: &OwnedFd) {
+    let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+}
+
+/// TCP and the WebSocket upgrade; a refusal (HTTP status and error code) is an outcome.
+async fn upgrade(url: &str, auth: Option<&HeaderValue>) -> Result<Ws, Outcome> {
+    let mut request = url
+        .into_client_request()
+        .map_err(|e| Outcome::ConnectError(format!("bad URL {url}: {e}")))?;
+    if let Some(auth) = auth {
+        request.headers_mut().insert("authorization", auth.clone());
+    }
+    // The server sends small JSON events: a 4 KiB read buffer instead of the default 128 KiB
+    // keeps thousands of sessions cheap (tungstenite zero-fills the free part on every read).
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
+    let attempt = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
+    let ws = match timeout(CONNECT_TIMEOUT, attempt).await {
+        Err(_) => {
+            return Err(Outcome::ConnectError(format!(
+                "no WebSocket upgrade within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            )))
+        }
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(tungstenite::Error::Http(response))) => {
+            let code = response
+                .body()
+                .as_deref()
+                .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+                .and_then(|v| v.pointer("/error/code")?.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "-".to_string());
+            return Err(Outcome::Refused {
+                status: response.status().as_u16(),
+                code,
+            });
+        }
+        Ok(Err(e)) => return Err(Outcome::ConnectError(e.to_string())),
+    };
+    Ok(ws)
 }
 
 /// Opens a session, sends `stop` at once and waits for `session.closed`: checks that the

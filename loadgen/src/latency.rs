@@ -90,6 +90,12 @@ impl SendRing {
         self.sent += 1;
     }
 
+    /// Goes back to chunk `index` (after a resume, the server wants the audio from there):
+    /// the next push records that chunk's new send instant.
+    pub fn rewind(&mut self, index: u64) {
+        self.sent = self.sent.min(index);
+    }
+
     /// When chunk `index` was sent, if it was and is still remembered.
     pub fn get(&self, index: u64) -> Option<Instant> {
         let len = self.slots.len() as u64;
@@ -182,5 +188,9 @@ mod tests {
         assert_eq!(ring.get(2), Some(t0 + Duration::from_millis(40)));
         assert_eq!(ring.get(4), Some(t0 + Duration::from_millis(80)));
         assert_eq!(ring.get(5), None);
+        ring.rewind(3);
+        ring.push(t0 + Duration::from_millis(500));
+        assert_eq!(ring.sent(), 4);
+        assert_eq!(ring.get(3), Some(t0 + Duration::from_millis(500)));
     }
 }

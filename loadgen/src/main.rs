@@ -23,6 +23,14 @@
 //! times and failures cover the whole step. With `--ramp` the steps run in order and the
 //! run stops after the first step that misses a target or has a failed session.
 //!
+//! `--drop-every S` tests resume: every session cuts its own connection about every S seconds
+//! (an abort: RST, no close frame), resumes its session on a new connection and resends the
+//! audio from the server's `input_frames`; the report adds resume latency (cut to the first
+//! replayed event, or to `session.resumed` when nothing was replayed), cuts, resumes, failed
+//! resumes, and event seqs missing or duplicated after de-duplication (a missing seq fails
+//! the step). Replayed events and pongs are left out of the event and ping latencies: they
+//! waited out the cut.
+//!
 //! Exit codes: 0 the run completed (failures are reported, not an error); 2 bad arguments,
 //! unreadable audio, or a server that cannot be reached or refuses a first probe session.
 
@@ -32,6 +40,7 @@ mod latency;
 mod metrics;
 mod proc_stats;
 mod report;
+mod resume;
 mod session;
 
 use audio::{Encoding, Format, Recording};
@@ -117,6 +126,12 @@ struct Args {
     /// tokio worker threads of the load generator.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: u16,
+    /// Cut each session's connection abruptly (RST, no close frame) about every S seconds
+    /// (jittered per session between S/2 and 3S/2), resume the session and resend its audio
+    /// from the server's `input_frames`; reports resume latency. Needs a server with resume
+    /// on (`session.resume_window_s` > 0).
+    #[arg(long, value_name = "S", value_parser = positive_secs)]
+    drop_every: Option<f64>,
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -179,8 +194,9 @@ async fn run(args: Args) -> Result<(), String> {
         encoding: args.encoding,
         chunk_ms: args.chunk_ms,
     };
+    let stream_path = format!("{base_url}/v1/stream");
     let url = format!(
-        "{base_url}/v1/stream?sample_rate={}&channels={}&encoding={}",
+        "{stream_path}?sample_rate={}&channels={}&encoding={}",
         format.rate,
         format.channels,
         format.encoding.name()
@@ -226,8 +242,18 @@ async fn run(args: Args) -> Result<(), String> {
         recording.chunks.len(),
         recording.chunk_bytes()
     );
+    let drop_every = args.drop_every.map(Duration::from_secs_f64);
+    if drop_every.is_some() && started.resume.as_ref().is_none_or(|(_, w)| *w == 0) {
+        return Err(
+            "--drop-every needs a server that offers resume (session.resume_window_s > 0); \
+             session.started has no resume"
+                .into(),
+        );
+    }
     let plan = Arc::new(Plan {
         url: url.clone(),
+        stream_path,
+        drop_every,
         auth,
         rate: format.rate,
         attribution,

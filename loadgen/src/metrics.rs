@@ -26,6 +26,9 @@ pub enum Outcome {
     FatalError(String),
     /// `stop` sent but no `session.closed` before the deadline.
     NoSessionClosed,
+    /// The connection was lost (or cut by `--drop-every`) and the session could not be
+    /// resumed.
+    ResumeFailed(String),
     /// The step ended before this session's turn to connect.
     NotStarted,
 }
@@ -45,6 +48,8 @@ pub struct Counts {
     pub failed_unexpected_close: u64,
     pub failed_fatal_error: u64,
     pub failed_no_session_closed: u64,
+    /// Sessions that ended because a resume failed (also counted in `resumes_failed`).
+    pub failed_resume: u64,
     /// Refusals by HTTP status (`"429"`).
     pub refusals_by_status: BTreeMap<String, u64>,
     /// Refusals by the error code in the body (`"too_many_sessions"`).
@@ -61,6 +66,17 @@ pub struct Counts {
     /// VAD events received in the window whose chunk was no longer (or never) in the send
     /// ring: the server was more than the ring's span behind.
     pub events_unattributed: u64,
+    /// Connections cut on purpose (`--drop-every`): abort, no close frame.
+    pub cuts: u64,
+    /// Sessions resumed after a cut or a loss (`session.resumed` received).
+    pub resumes: u64,
+    /// Resumes that failed: refused, or not done within the session's resume window.
+    pub resumes_failed: u64,
+    /// Event seqs that never arrived (after de-duplication, a jump past the last seq + 1).
+    pub seq_gaps: u64,
+    /// Events received again with a seq already seen (ignored; the server replays only seqs
+    /// above the client's `last_seq`, so any is a server defect).
+    pub seq_duplicates: u64,
     /// A few distinct failure messages, for the reader of a failed run.
     pub failure_examples: Vec<String>,
 }
@@ -86,6 +102,9 @@ pub struct Snapshot {
     pub ping: Option<Latency>,
     /// Deciding chunk sent to VAD event received (see `latency.rs`).
     pub event: Option<Latency>,
+    /// Connection cut to the first replayed event (or to `session.resumed` when nothing was
+    /// replayed).
+    pub resume: Option<Latency>,
     pub counts: Counts,
 }
 
@@ -95,6 +114,7 @@ struct Inner {
     connect: Histogram<u64>,
     ping: Histogram<u64>,
     event: Histogram<u64>,
+    resume: Histogram<u64>,
     counts: Counts,
 }
 
@@ -121,6 +141,7 @@ impl Default for Metrics {
                 connect: histogram(),
                 ping: histogram(),
                 event: histogram(),
+                resume: histogram(),
                 counts: Counts::default(),
             }),
         }
@@ -177,6 +198,32 @@ impl Metrics {
         }
     }
 
+    /// A connection cut on purpose.
+    pub fn cut(&self) {
+        self.lock().counts.cuts += 1;
+    }
+
+    /// A session resumed, `latency` after its connection was cut or lost (to its first
+    /// replayed event, or to `session.resumed` when nothing was replayed). Counted over the
+    /// whole step, like connect times.
+    pub fn resumed(&self, latency: Duration) {
+        let mut m = self.lock();
+        m.resume.saturating_record(micros(latency));
+        m.counts.resumes += 1;
+    }
+
+    /// A resume that failed.
+    pub fn resume_failed(&self) {
+        self.lock().counts.resumes_failed += 1;
+    }
+
+    /// Seqs missing after a resume (`gaps`) and events received again (`duplicates`).
+    pub fn seqs(&self, gaps: u64, duplicates: u64) {
+        let mut m = self.lock();
+        m.counts.seq_gaps += gaps;
+        m.counts.seq_duplicates += duplicates;
+    }
+
     /// An `error` event with `code`.
     pub fn error_event(&self, code: &str) {
         *self
@@ -229,6 +276,10 @@ impl Metrics {
                 c.failed_no_session_closed += 1;
                 "no session.closed after stop".to_string()
             }
+            Outcome::ResumeFailed(e) => {
+                c.failed_resume += 1;
+                format!("resume failed: {e}")
+            }
         };
         c.sessions_failed += 1;
         if c.failure_examples.len() < MAX_FAILURE_EXAMPLES && !c.failure_examples.contains(&message)
@@ -244,6 +295,7 @@ impl Metrics {
             connect: latency(&m.connect),
             ping: latency(&m.ping),
             event: latency(&m.event),
+            resume: latency(&m.resume),
             counts: m.counts.clone(),
         }
     }

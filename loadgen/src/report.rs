@@ -49,6 +49,11 @@ pub struct StepReport {
     pub event_p50_ms: Option<f64>,
     pub event_p99_ms: Option<f64>,
     pub event_max_ms: Option<f64>,
+    /// Resume latency (`--drop-every`): connection cut to the first replayed event, or to
+    /// `session.resumed` when nothing was replayed; over the whole step.
+    pub resume_p50_ms: Option<f64>,
+    pub resume_p99_ms: Option<f64>,
+    pub resume_max_ms: Option<f64>,
     #[serde(flatten)]
     pub counts: Counts,
     /// Server CPU over the window, % of one core.
@@ -80,7 +85,12 @@ impl StepReport {
         targets: Targets,
     ) -> StepReport {
         let pick = |l: Option<Latency>, f: fn(&Latency) -> f64| l.as_ref().map(f);
-        let (connect, ping, event) = (snapshot.connect, snapshot.ping, snapshot.event);
+        let (connect, ping, event, resume) = (
+            snapshot.connect,
+            snapshot.ping,
+            snapshot.event,
+            snapshot.resume,
+        );
         let cpu = |a: &Option<ProcSample>, b: &Option<ProcSample>| match (a, b) {
             (Some(a), Some(b)) => cpu_percent(a, b),
             _ => None,
@@ -107,6 +117,9 @@ impl StepReport {
             event_p50_ms: pick(event, |l| l.p50_ms),
             event_p99_ms: pick(event, |l| l.p99_ms),
             event_max_ms: pick(event, |l| l.max_ms),
+            resume_p50_ms: pick(resume, |l| l.p50_ms),
+            resume_p99_ms: pick(resume, |l| l.p99_ms),
+            resume_max_ms: pick(resume, |l| l.max_ms),
             counts: snapshot.counts,
             server_cpu_pct,
             server_cpu_pct_per_session: server_cpu_pct.and_then(per_session).map(round3),
@@ -127,6 +140,9 @@ impl StepReport {
         let mut failed = Vec::new();
         if self.counts.sessions_failed > 0 {
             failed.push(format!("{} sessions failed", self.counts.sessions_failed));
+        }
+        if self.counts.seq_gaps > 0 {
+            failed.push(format!("{} event seqs missing", self.counts.seq_gaps));
         }
         if let Some(p99) = self.ping_p99_ms.filter(|&p| p > targets.ping_p99_ms) {
             failed.push(format!("ping p99 {p99:.1} ms > {} ms", targets.ping_p99_ms));
@@ -228,6 +244,27 @@ impl Summary {
                 }),
             ),
             ("sessions failed", col(steps, |s| failures(&s.counts))),
+            (
+                "cuts / resumes / failed resumes",
+                col(steps, |s| {
+                    format!(
+                        "{} / {} / {}",
+                        s.counts.cuts, s.counts.resumes, s.counts.resumes_failed
+                    )
+                }),
+            ),
+            (
+                "resume latency p50 / p99 / max (ms)",
+                col(steps, |s| {
+                    ms3(s.resume_p50_ms, s.resume_p99_ms, s.resume_max_ms)
+                }),
+            ),
+            (
+                "event seqs missing / duplicated",
+                col(steps, |s| {
+                    format!("{} / {}", s.counts.seq_gaps, s.counts.seq_duplicates)
+                }),
+            ),
             (
                 "refusals by HTTP status",
                 col(steps, |s| tally(&s.counts.refusals_by_status)),
@@ -374,6 +411,7 @@ fn failures(c: &Counts) -> String {
         ("closed", c.failed_unexpected_close),
         ("fatal", c.failed_fatal_error),
         ("no close", c.failed_no_session_closed),
+        ("resume", c.failed_resume),
     ];
     let detail: Vec<String> = parts
         .iter()

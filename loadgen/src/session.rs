@@ -1,5 +1,7 @@
 //! One simulated client: connect, stream the shared recording at real time, ping, read
-//! events, and at the end `stop` and wait for `session.closed`.
+//! events, and at the end `stop` and wait for `session.closed`. With `--drop-every` it also
+//! cuts its connection now and then (an abort: no close frame) and resumes the session,
+//! resending the audio from the server's `input_frames`.
 //!
 //! A session is one tokio task. Its writer (audio and pings) and its reader (events) are two
 //! futures polled by that task, so the reader keeps reading while a send waits for TCP
@@ -7,13 +9,15 @@
 //! server sends can make a session panic; whatever happens ends up as an [`Outcome`].
 
 use crate::audio::Recording;
-use crate::connect::{connect, Ws};
+use crate::connect::{connect, cut, socket_handle, Started, Ws};
 use crate::latency::{Attribution, SendRing, VadEvent};
 use crate::metrics::{Metrics, Outcome};
+use crate::resume::{next_cut, reconnect, ResumeOffer};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
 use std::borrow::Cow;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,14 +35,17 @@ pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the close handshake after `session.closed`, and for the reader to say
 /// why a send failed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-/// Prefix of the frequent `level` events, skipped without parsing (the server serializes
-/// `type` first). Anything else is parsed.
+/// Prefix of the frequent `level` events of servers before `seq`, skipped without parsing.
 const LEVEL_PREFIX: &str = r#"{"type":"level""#;
+/// Close code of a connection whose session another connection took over: not resumed.
+const CLOSE_TAKEN_OVER: u16 = 4002;
 
 /// Everything sessions share, read-only.
 pub struct Plan {
     /// The full stream URL (`ws://host:port/v1/stream?sample_rate=...`).
     pub url: String,
+    /// The stream URL without a query, for resuming (`ws://host:port/v1/stream`).
+    pub stream_path: String,
     /// `Authorization` header value (`Bearer ...`), if a token was given.
     pub auth: Option<HeaderValue>,
     /// The audio, pre-encoded.
@@ -51,6 +58,9 @@ pub struct Plan {
     pub ping_every: Duration,
     /// Send instants remembered per session, in chunks.
     pub ring_chunks: usize,
+    /// `--drop-every`: the mean interval between cuts of each session's connection; also
+    /// turns resuming after a loss on.
+    pub drop_every: Option<Duration>,
 }
 
 impl Plan {
@@ -73,6 +83,8 @@ pub type StopSignal = watch::Receiver<Option<Instant>>;
 struct ServerEvent<'a> {
     #[serde(rename = "type", borrow)]
     kind: Cow<'a, str>,
+    #[serde(default)]
+    seq: Option<u64>,
     #[serde(default, borrow)]
     event: Option<Cow<'a, str>>,
     #[serde(default)]
@@ -100,17 +112,29 @@ pub async fn run(
 ) {
     let state = SessionState::new(plan.ring_chunks);
     let outcome = session(&plan, &metrics, &state, start_at, stop, &settled).await;
-    let sent = state.ring().sent();
-    let missing = sent >= plan.recording.chunks.len() as u64
+    let position = state.ring().sent();
+    let missing = position >= plan.recording.chunks.len() as u64
         && state.speech_starts.load(Relaxed) == 0
         && matches!(outcome, Outcome::Completed | Outcome::NoSessionClosed);
-    metrics.finished(&outcome, sent, missing, state.dropped.load(Relaxed));
+    metrics.seqs(
+        state.seq_gaps.load(Relaxed),
+        state.seq_duplicates.load(Relaxed),
+    );
+    metrics.finished(
+        &outcome,
+        state.chunks_sent.load(Relaxed),
+        missing,
+        state.dropped.load(Relaxed),
+    );
 }
 
 /// What the writer and the reader of one session share, and what survives a session cut off
 /// at the stop deadline.
 struct SessionState {
+    /// Send instants by chunk index (the audio position: rewound on a resume).
     ring: Mutex<SendRing>,
+    /// Binary frames sent, resends included.
+    chunks_sent: AtomicU64,
     /// Set just before `stop` is sent: a `session.closed` after it is the expected end.
     stop_sent: AtomicBool,
     speech_starts: AtomicU64,
@@ -118,21 +142,31 @@ struct SessionState {
     dropped: AtomicU64,
     /// Code of a fatal error event, if one came.
     fatal: Mutex<Option<String>>,
+    /// Seqs that never arrived, and seqs received again.
+    seq_gaps: AtomicU64,
+    seq_duplicates: AtomicU64,
 }
 
 impl SessionState {
     fn new(ring_chunks: usize) -> Self {
         SessionState {
             ring: Mutex::new(SendRing::new(ring_chunks)),
+            chunks_sent: AtomicU64::new(0),
             stop_sent: AtomicBool::new(false),
             speech_starts: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             fatal: Mutex::new(None),
+            seq_gaps: AtomicU64::new(0),
+            seq_duplicates: AtomicU64::new(0),
         }
     }
 
     fn ring(&self) -> std::sync::MutexGuard<'_, SendRing> {
         self.ring.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fatal_code(&self) -> Option<String> {
+        self.fatal.lock().ok().and_then(|f| f.clone())
     }
 }
 
@@ -157,35 +191,173 @@ async fn session(
         metrics.connected(begin.elapsed());
     }
     let _ = settled.send(());
-    let ws = match connected {
-        Ok((ws, _)) => ws,
+    let (ws, started) = match connected {
+        Ok(connected) => connected,
         Err(outcome) => return outcome,
     };
-    let exchange = exchange(ws, plan, metrics, state, stop.clone());
+    let exchange = exchange(ws, &started, plan, metrics, state, stop.clone());
     tokio::select! {
         outcome = exchange => outcome,
-        _ = past_deadline(stop) => match state.fatal.lock().ok().and_then(|f| f.clone()) {
+        _ = past_deadline(stop) => match state.fatal_code() {
             Some(code) => Outcome::FatalError(code),
             None => Outcome::NoSessionClosed,
         },
     }
 }
 
-/// Streams until told to stop, then sends `stop` and reads up to `session.closed`.
+/// The reader's state across the connections of one session.
+struct ReadState {
+    /// The highest seq received (`session.started` is 0).
+    last_seq: u64,
+    /// Seqs up to this one are replayed after a resume: their latency (events, pongs)
+    /// includes the outage and is not measured.
+    replayed_until: u64,
+    /// When the connection was lost, until the first replayed event after the resume.
+    resume_from: Option<Instant>,
+}
+
+/// The writer's state across the connections of one session: where the audio is.
+struct WriteState {
+    /// When chunk 0 was due; chunk `k` is due at `first + plan.due(k)`.
+    first: Instant,
+    /// The next chunk to send.
+    k: u64,
+    /// Sample frames of chunk `k` the server already has (after a resume mid-chunk).
+    skip_frames: u64,
+    next_ping: Instant,
+}
+
+/// How one connection of a session ended.
+enum ConnEnd {
+    /// The session is over.
+    Done(Outcome),
+    /// Cut on purpose (`--drop-every`).
+    Cut,
+    /// Lost without `session.closed` (resumable).
+    Lost(String),
+}
+
+/// Streams until told to stop, then sends `stop` and reads up to `session.closed`; with
+/// `--drop-every`, cuts and resumes the connection along the way.
 async fn exchange(
     ws: Ws,
+    started: &Started,
     plan: &Plan,
     metrics: &Metrics,
     state: &SessionState,
     stop: StopSignal,
 ) -> Outcome {
-    let (sink, stream) = ws.split();
     let epoch = Instant::now();
-    let reader = read_events(stream, plan, metrics, state, epoch);
-    let writer = write_audio(sink, plan, state, epoch, stop);
+    let offer = started
+        .resume
+        .as_ref()
+        .filter(|(_, window_s)| *window_s > 0 && plan.drop_every.is_some())
+        .map(|(token, window_s)| ResumeOffer {
+            session_id: started.session_id.clone(),
+            token: token.clone(),
+            window: Duration::from_secs(*window_s),
+        });
+    let mut reader = ReadState {
+        last_seq: started.seq,
+        replayed_until: started.seq,
+        resume_from: None,
+    };
+    let mut writer = WriteState {
+        first: epoch,
+        k: 0,
+        skip_frames: 0,
+        next_ping: epoch + plan.ping_every,
+    };
+    let mut ws = ws;
+    loop {
+        // Cut only when the session can be resumed (the server offers it).
+        let cut_after = plan.drop_every.filter(|_| offer.is_some()).map(next_cut);
+        let end = connection(
+            ws,
+            cut_after,
+            plan,
+            metrics,
+            state,
+            &mut reader,
+            &mut writer,
+            epoch,
+            stop.clone(),
+        )
+        .await;
+        let lost_at = Instant::now();
+        let why = match end {
+            ConnEnd::Done(outcome) => return outcome,
+            ConnEnd::Cut => {
+                metrics.cut();
+                "cut".to_string()
+            }
+            ConnEnd::Lost(why) => why,
+        };
+        let Some(offer) = &offer else {
+            return Outcome::UnexpectedClose(why);
+        };
+        let resumed = reconnect(
+            &plan.stream_path,
+            plan.auth.as_ref(),
+            plan.rate,
+            offer,
+            reader.last_seq,
+            lost_at,
+        )
+        .await;
+        let (new_ws, resumed) = match resumed {
+            Ok(r) => r,
+            Err(e) => {
+                metrics.resume_failed();
+                return Outcome::ResumeFailed(format!("after {why}: {e}"));
+            }
+        };
+        if resumed.replayed == 0 {
+            metrics.resumed(lost_at.elapsed());
+        } else {
+            reader.resume_from = Some(lost_at);
+        }
+        reader.replayed_until = reader.last_seq + resumed.replayed;
+        // The audio continues from what the server accepted.
+        let per_chunk = plan.recording.frames_per_chunk.max(1);
+        writer.k = resumed.input_frames / per_chunk;
+        writer.skip_frames = resumed.input_frames % per_chunk;
+        state.ring().rewind(writer.k);
+        ws = new_ws;
+    }
+}
+
+/// One connection: the writer and the reader until the session ends, the connection is lost,
+/// or `cut_after` (from now) passes while streaming. `stop` is sent when the orchestrator
+/// says so.
+#[allow(clippy::too_many_arguments)]
+async fn connection(
+    ws: Ws,
+    cut_after: Option<Duration>,
+    plan: &Plan,
+    metrics: &Metrics,
+    state: &SessionState,
+    reader_state: &mut ReadState,
+    writer_state: &mut WriteState,
+    epoch: Instant,
+    stop: StopSignal,
+) -> ConnEnd {
+    // A second handle on the socket, to abort it (no close frame) when the cut is due.
+    let socket: Option<OwnedFd> = cut_after.and_then(|_| socket_handle(&ws));
+    let cut_at = cut_after.map(|d| Instant::now() + d);
+    let (sink, stream) = ws.split();
+    let reader = read_events(stream, plan, metrics, state, reader_state, epoch);
+    let writer = write_audio(sink, plan, state, writer_state, epoch, stop);
     tokio::pin!(reader, writer);
     let ended = tokio::select! {
         ended = &mut reader => ended,
+        _ = sleep_until(cut_at.unwrap_or_else(Instant::now)), if socket.is_some() => {
+            if let Some(socket) = &socket {
+                cut(socket);
+            }
+            // Returning drops the WebSocket and then `socket`: the last handle closes, RST.
+            return ConnEnd::Cut;
+        }
         (mut sink, written) = &mut writer => match written {
             Ok(()) => {
                 state.stop_sent.store(true, Relaxed);
@@ -193,7 +365,7 @@ async fn exchange(
                     // The reader may still know better why (a close frame already read).
                     timeout(DRAIN_TIMEOUT, &mut reader)
                         .await
-                        .unwrap_or(ReadEnd::Broken(format!("cannot send stop: {e}")))
+                        .unwrap_or(ReadEnd::Broken(format!("cannot send stop: {e}"), true))
                 } else {
                     let ended = reader.await;
                     let _ = timeout(DRAIN_TIMEOUT, sink.close()).await;
@@ -202,42 +374,44 @@ async fn exchange(
             }
             Err(e) => timeout(DRAIN_TIMEOUT, &mut reader)
                 .await
-                .unwrap_or(ReadEnd::Broken(e)),
+                .unwrap_or(ReadEnd::Broken(e, true)),
         },
     };
-    if let Some(code) = state.fatal.lock().ok().and_then(|f| f.clone()) {
-        return Outcome::FatalError(code);
+    if let Some(code) = state.fatal_code() {
+        return ConnEnd::Done(Outcome::FatalError(code));
     }
     match ended {
         ReadEnd::Closed(reason) if reason == "client_stop" && state.stop_sent.load(Relaxed) => {
-            Outcome::Completed
+            ConnEnd::Done(Outcome::Completed)
         }
-        ReadEnd::Closed(reason) => {
-            Outcome::UnexpectedClose(format!("session.closed with reason {reason}"))
-        }
-        ReadEnd::Broken(e) => Outcome::UnexpectedClose(e),
+        ReadEnd::Closed(reason) => ConnEnd::Done(Outcome::UnexpectedClose(format!(
+            "session.closed with reason {reason}"
+        ))),
+        ReadEnd::Broken(e, true) => ConnEnd::Lost(e),
+        ReadEnd::Broken(e, false) => ConnEnd::Done(Outcome::UnexpectedClose(e)),
     }
 }
 
 /// Sends chunk `k` at `first + plan.due(k)` (late chunks go out at once, catching up: a
-/// burst, as `MissedTickBehavior::Burst` would) and a ping every `plan.ping_every`, until the
-/// stop signal. Gives the sink back; `Err` if a send failed (the connection is gone).
+/// burst, as `MissedTickBehavior::Burst` would; after a resume that resends what the server
+/// did not get) and a ping every `plan.ping_every`, until the stop signal. Gives the sink
+/// back; `Err` if a send failed (the connection is gone).
 async fn write_audio(
     mut sink: WsSink,
     plan: &Plan,
     state: &SessionState,
+    at: &mut WriteState,
     epoch: Instant,
     mut stop: StopSignal,
 ) -> (WsSink, Result<(), String>) {
     let chunks = &plan.recording.chunks;
-    let first = Instant::now();
-    let mut next_ping = first + plan.ping_every;
-    let mut k: u64 = 0;
+    let bytes_per_frame =
+        plan.recording.chunk_bytes() / plan.recording.frames_per_chunk.max(1) as usize;
     loop {
         if stop.borrow_and_update().is_some() {
             return (sink, Ok(()));
         }
-        let due = first + plan.due(k);
+        let due = at.first + plan.due(at.k);
         tokio::select! {
             biased;
             changed = stop.changed() => {
@@ -247,21 +421,27 @@ async fn write_audio(
                 }
             }
             _ = sleep_until(due) => {
-                let chunk = chunks[(k % chunks.len() as u64) as usize].clone();
+                let mut chunk = chunks[(at.k % chunks.len() as u64) as usize].clone();
+                if at.skip_frames > 0 {
+                    let skip = (at.skip_frames as usize * bytes_per_frame).min(chunk.len());
+                    chunk = chunk.slice(skip..);
+                }
                 if let Err(e) = sink.send(Message::Binary(chunk)).await {
                     return (sink, Err(format!("connection lost while sending audio: {e}")));
                 }
                 state.ring().push(Instant::now().into_std());
-                k += 1;
+                state.chunks_sent.fetch_add(1, Relaxed);
+                at.k += 1;
+                at.skip_frames = 0;
             }
-            _ = sleep_until(next_ping) => {
+            _ = sleep_until(at.next_ping) => {
                 let id = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
                 let ping = Message::text(format!(r#"{{"type":"ping","id":{id}}}"#));
                 if let Err(e) = sink.send(ping).await {
                     return (sink, Err(format!("connection lost while sending a ping: {e}")));
                 }
                 // Pings are not caught up after a stall: one per interval from now.
-                next_ping = (next_ping + plan.ping_every).max(Instant::now());
+                at.next_ping = (at.next_ping + plan.ping_every).max(Instant::now());
             }
         }
     }
@@ -271,39 +451,78 @@ async fn write_audio(
 enum ReadEnd {
     /// `session.closed` with this reason.
     Closed(String),
-    /// The connection ended without `session.closed`.
-    Broken(String),
+    /// The connection ended without `session.closed`; whether the session may be resumed
+    /// (not when another connection took it over).
+    Broken(String, bool),
 }
 
-/// Reads server events until `session.closed` or the end of the connection, recording ping
-/// round trips, VAD event latencies, error events and the session's final counters.
+/// The `seq` of a frequent `level` event, read without parsing the rest (the server writes
+/// `seq` first, then `type`); `None` for any other message.
+fn level_seq(text: &str) -> Option<u64> {
+    let rest = text.strip_prefix(r#"{"seq":"#)?;
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, after) = rest.split_at(end);
+    if after.starts_with(r#","type":"level""#) {
+        digits.parse().ok()
+    } else {
+        None
+    }
+}
+
+/// Reads server events until `session.closed` or the end of the connection, counting each
+/// seq once (and gaps and duplicates), recording ping round trips, VAD event latencies,
+/// resume latency, error events and the session's final counters.
 async fn read_events(
     mut stream: WsStream,
     plan: &Plan,
     metrics: &Metrics,
     state: &SessionState,
+    rs: &mut ReadState,
     epoch: Instant,
 ) -> ReadEnd {
     loop {
         let text = match stream.next().await {
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(frame))) => {
-                return ReadEnd::Broken(format!(
-                    "the server closed the connection without session.closed{}",
-                    close_detail(frame.as_ref())
-                ))
+                let resumable = frame
+                    .as_ref()
+                    .is_none_or(|f| u16::from(f.code) != CLOSE_TAKEN_OVER);
+                return ReadEnd::Broken(
+                    format!(
+                        "the server closed the connection without session.closed{}",
+                        close_detail(frame.as_ref())
+                    ),
+                    resumable,
+                );
             }
             Some(Ok(_)) => continue,
-            Some(Err(e)) => return ReadEnd::Broken(format!("connection lost: {e}")),
-            None => return ReadEnd::Broken("connection closed without session.closed".into()),
+            Some(Err(e)) => return ReadEnd::Broken(format!("connection lost: {e}"), true),
+            None => {
+                return ReadEnd::Broken("connection closed without session.closed".into(), true)
+            }
         };
         let now = Instant::now();
-        if text.as_str().starts_with(LEVEL_PREFIX) {
-            continue;
-        }
-        let Ok(ev) = serde_json::from_str::<ServerEvent>(text.as_str()) else {
-            continue;
+        let level = level_seq(text.as_str());
+        let parsed = if level.is_some() || text.as_str().starts_with(LEVEL_PREFIX) {
+            None
+        } else {
+            serde_json::from_str::<ServerEvent>(text.as_str()).ok()
         };
+        let seq = level.or_else(|| parsed.as_ref().and_then(|ev| ev.seq));
+        let mut replayed = false;
+        if let Some(seq) = seq {
+            if seq <= rs.last_seq {
+                state.seq_duplicates.fetch_add(1, Relaxed);
+                continue;
+            }
+            state.seq_gaps.fetch_add(seq - rs.last_seq - 1, Relaxed);
+            rs.last_seq = seq;
+            replayed = seq <= rs.replayed_until;
+            if let Some(lost_at) = rs.resume_from.take() {
+                metrics.resumed(now - lost_at);
+            }
+        }
+        let Some(ev) = parsed else { continue };
         match ev.kind.as_ref() {
             "vad" => {
                 let kind = match ev.event.as_deref() {
@@ -315,12 +534,15 @@ async fn read_events(
                     state.speech_starts.fetch_add(1, Relaxed);
                 }
                 let Some(t_ms) = ev.t_ms else { continue };
+                if replayed {
+                    continue; // its latency includes the outage
+                }
                 let index = plan.attribution.chunk_index(kind, t_ms);
                 let sent = state.ring().get(index);
                 let latency = sent.map(|s| now.into_std().saturating_duration_since(s));
                 metrics.event(now.into_std(), latency);
             }
-            "pong" => {
+            "pong" if !replayed => {
                 if let Some(us) = ev.id.as_ref().and_then(Value::as_u64) {
                     let sent = epoch + Duration::from_micros(us);
                     if sent <= now {
@@ -399,5 +621,20 @@ pub(crate) fn close_detail(frame: Option<&tungstenite::protocol::CloseFrame>) ->
         Some(f) if f.reason.is_empty() => format!(" (close code {})", u16::from(f.code)),
         Some(f) => format!(" (close code {}: {})", u16::from(f.code), f.reason),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn level_seq_is_read_without_parsing() {
+        assert_eq!(
+            level_seq(r#"{"seq":42,"type":"level","t_ms":100,"rms_dbfs":-20.5}"#),
+            Some(42)
+        );
+        assert_eq!(level_seq(r#"{"seq":7,"type":"vad","t_ms":100}"#), None);
+        assert_eq!(level_seq(r#"{"type":"level","t_ms":100}"#), None);
     }
 }

@@ -2,10 +2,17 @@
 // this server over protocol v1 (docs/protocol.md) as mono pcm_f32le at the AudioContext's own
 // rate (the server resamples), then shows the level, speech segments and the session summary.
 //
+// When the connection is lost without session.closed (and the server offered resume in
+// session.started), the page keeps capturing, reconnects with exponential backoff and jitter
+// within the resume window, resumes the session (docs/protocol.md, "Resume"), resends the
+// audio the server did not get, and shows each event once (by seq). Browsers do not expose
+// why an upgrade was refused, so a refused resume is retried until the window has passed.
+//
 // State for tests and tools is mirrored on <main id="app"> as data- attributes: data-state
-// (idle, starting, connecting, streaming, stopping, closed, error), data-session-id,
-// data-sample-rate, data-segments (completed speech segments), data-chunks-sent,
-// data-last-error (the last error code) and data-closed-reason.
+// (idle, starting, connecting, streaming, reconnecting, stopping, closed, error),
+// data-session-id, data-sample-rate, data-segments (completed speech segments),
+// data-chunks-sent, data-resumes (times the session was resumed), data-last-error (the last
+// error code) and data-closed-reason.
 
 const CHUNK_MS = 20;
 // Audio queued in the browser beyond this (the network or the server is behind) is dropped
@@ -13,6 +20,13 @@ const CHUNK_MS = 20;
 const MAX_BUFFERED_BYTES = 512 * 1024;
 // How long Stop waits for session.closed before closing the connection itself.
 const STOP_TIMEOUT_MS = 10000;
+// Reconnect delays: attempt n waits between half and all of min(first * 2^n, max).
+const RESUME_FIRST_DELAY_MS = 100;
+const RESUME_MAX_DELAY_MS = 4000;
+// Audio counts as confirmed this far behind an event's t_ms (rounding, a flush's padding).
+const CONFIRM_MARGIN_MS = 100;
+// Close code of a connection whose session another connection took over: not resumed.
+const CLOSE_TAKEN_OVER = 4002;
 // The timeline shows at least this much of the session.
 const TIMELINE_MIN_MS = 10000;
 // Entries kept in the segment list (the count keeps counting).
@@ -40,7 +54,7 @@ let run = null;
 
 function setState(state) {
   app.dataset.state = state;
-  const active = ["starting", "connecting", "streaming"].includes(state);
+  const active = ["starting", "connecting", "streaming", "reconnecting"].includes(state);
   button.textContent = active ? "Stop" : state === "stopping" ? "Stopping…" : "Start";
   button.setAttribute("aria-pressed", String(active));
   button.disabled = state === "stopping";
@@ -67,6 +81,7 @@ function resetView() {
     lastError: "",
     closedReason: "",
     chunksSent: "0",
+    resumes: "0",
   });
   statusLine.classList.remove("error");
   list.replaceChildren();
@@ -226,6 +241,16 @@ async function start() {
     chunksSent: 0,
     framesSent: 0,
     dropped: 0,
+    // Resume: the offer from session.started, the highest seq shown, whether a connection
+    // is serving the session now, when it was lost, and the audio not yet confirmed.
+    resume: null,
+    lastSeq: 0,
+    live: false,
+    lostAt: null,
+    attempt: 0,
+    resumeTimer: null,
+    resumes: 0,
+    unconfirmed: null,
   };
   run = r;
   setState("starting");
@@ -294,22 +319,44 @@ function streamUrl(rate) {
   return url;
 }
 
+function resumeUrl(r) {
+  const url = new URL("/v1/stream", window.location.href);
+  url.protocol = window.location.protocol === "https:" ? "wss:" : "ws:";
+  const params = new URLSearchParams({
+    resume: app.dataset.sessionId,
+    resume_token: r.resume.token,
+    last_seq: String(r.lastSeq),
+  });
+  const token = tokenInput.value.trim();
+  if (token) {
+    params.set("access_token", token);
+  }
+  url.search = params.toString();
+  return url;
+}
+
 function connect(r, rate) {
   setState("connecting");
   setStatus("Connecting…");
+  open(r, streamUrl(rate));
+}
+
+/** Opens a connection for the run; false when the browser would not. */
+function open(r, url) {
   let ws;
   try {
-    ws = new WebSocket(streamUrl(rate));
+    ws = new WebSocket(url);
   } catch (err) {
-    return fail(
+    fail(
       r,
       new PageError("connection_blocked", `the browser would not open the connection (${err?.name ?? err})`),
     );
+    return false;
   }
   ws.binaryType = "arraybuffer";
   r.ws = ws;
   ws.onmessage = (event) => {
-    if (typeof event.data !== "string") {
+    if (typeof event.data !== "string" || ws !== r.ws) {
       return;
     }
     let msg;
@@ -318,22 +365,38 @@ function connect(r, rate) {
     } catch {
       return;
     }
+    if (typeof msg.seq === "number") {
+      if (msg.seq <= r.lastSeq && msg.type !== "session.started") {
+        return; // replayed after a resume, and already shown
+      }
+      r.lastSeq = msg.seq;
+    }
+    confirmAudio(r, msg);
     handleEvent(r, msg);
   };
-  ws.onclose = (event) => closed(r, event);
+  ws.onclose = (event) => connectionClosed(r, ws, event);
+  return true;
 }
 
 function handleEvent(r, msg) {
   switch (msg.type) {
     case "session.started":
       r.started = true;
+      r.live = true;
       app.dataset.sessionId = msg.session_id;
       $("session-id").textContent = msg.session_id;
+      if (msg.resume && msg.resume.token && msg.resume.window_s > 0) {
+        r.resume = msg.resume;
+        r.unconfirmed = new AudioRing(Math.round(msg.resume.window_s * r.ctx.sampleRate));
+      }
       if (!r.stopping) {
         r.source.connect(r.node);
         setState("streaming");
         setStatus("Streaming. Speak; press Stop to end the session.");
       }
+      break;
+    case "session.resumed":
+      resumed(r, msg);
       break;
     case "level":
       r.nowMs = Math.max(r.nowMs, Number(msg.t_ms) || 0);
@@ -363,7 +426,20 @@ function handleEvent(r, msg) {
 
 function sendChunk(r, samples) {
   const ws = r.ws;
-  if (r.stopping || !r.started || !ws || ws.readyState !== WebSocket.OPEN) {
+  if (r.stopping || !r.started) {
+    return;
+  }
+  if (!r.live) {
+    // Reconnecting: keep the audio for the resumed session while the ring has room.
+    if (r.unconfirmed?.hasRoom(samples.length)) {
+      r.unconfirmed.push(samples);
+    } else {
+      r.dropped += 1;
+      updateSent(r);
+    }
+    return;
+  }
+  if (!ws || ws.readyState !== WebSocket.OPEN) {
     return;
   }
   if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
@@ -371,17 +447,172 @@ function sendChunk(r, samples) {
     updateSent(r);
     return;
   }
+  r.unconfirmed?.push(samples);
+  ws.send(wireBytes(samples));
+  r.chunksSent += 1;
+  r.framesSent += samples.length;
+  app.dataset.chunksSent = String(r.chunksSent);
+  updateSent(r);
+}
+
+/** Float32 samples as pcm_f32le bytes. */
+function wireBytes(samples) {
   let bytes = samples.buffer;
   if (!LITTLE_ENDIAN) {
     const view = new DataView(new ArrayBuffer(samples.length * 4));
     samples.forEach((s, i) => view.setFloat32(i * 4, s, true));
     bytes = view.buffer;
   }
-  ws.send(bytes);
-  r.chunksSent += 1;
-  r.framesSent += samples.length;
-  app.dataset.chunksSent = String(r.chunksSent);
-  updateSent(r);
+  return bytes;
+}
+
+// ---------------------------------------------------------------------------------------
+// Resume after a connection loss.
+// ---------------------------------------------------------------------------------------
+
+/**
+ * The audio sent (or captured while reconnecting) that the server has not confirmed, by
+ * input frame. Bounded to the resume window's worth of audio (resume.window_s): the server
+ * keeps a lost session only that long, so a live microphone never needs more while
+ * disconnected, and while connected the server confirms audio (in its events' t_ms) well
+ * within that time. While connected the oldest audio goes when it is full; while
+ * reconnecting new audio is dropped instead (and counted), so nothing a resume needs is lost.
+ */
+class AudioRing {
+  constructor(capacityFrames) {
+    this.capacity = capacityFrames;
+    this.chunks = []; // [{ start, samples }], oldest first
+    this.frames = 0; // frames held
+    this.end = 0; // input frame index of the next push
+  }
+
+  hasRoom(n) {
+    return this.frames + n <= this.capacity;
+  }
+
+  push(samples) {
+    this.chunks.push({ start: this.end, samples });
+    this.end += samples.length;
+    this.frames += samples.length;
+    while (this.frames > this.capacity && this.chunks.length > 0) {
+      this.frames -= this.chunks.shift().samples.length;
+    }
+  }
+
+  /** Forgets whole chunks before input frame `frame`. */
+  confirm(frame) {
+    while (this.chunks.length > 0) {
+      const c = this.chunks[0];
+      if (c.start + c.samples.length > frame) {
+        break;
+      }
+      this.frames -= c.samples.length;
+      this.chunks.shift();
+    }
+  }
+
+  /** The audio from input frame `frame` on, or null when it is no longer all kept. */
+  from(frame) {
+    const first = this.chunks.length > 0 ? this.chunks[0].start : this.end;
+    if (frame < first || frame > this.end) {
+      return null;
+    }
+    const out = [];
+    for (const c of this.chunks) {
+      const skip = Math.max(0, frame - c.start);
+      if (skip < c.samples.length) {
+        out.push(skip > 0 ? c.samples.subarray(skip) : c.samples);
+      }
+    }
+    return out;
+  }
+}
+
+/** Events' times show which audio the server has: forget it. */
+function confirmAudio(r, msg) {
+  const ms = msg.type === "flushed" ? Number(msg.audio_ms) : Number(msg.t_ms);
+  if (r.unconfirmed && Number.isFinite(ms)) {
+    const frame = Math.floor((Math.max(0, ms - CONFIRM_MARGIN_MS) * r.ctx.sampleRate) / 1000);
+    r.unconfirmed.confirm(frame);
+  }
+}
+
+/** A connection of the run closed: resume the session, or end the run. */
+function connectionClosed(r, ws, event) {
+  if (ws !== r.ws) {
+    return; // an older connection of this run
+  }
+  const wasLive = r.live;
+  r.live = false;
+  const resumable =
+    r.started && r.resume && !r.closedEvent && event.code !== CLOSE_TAKEN_OVER && run === r;
+  if (!resumable) {
+    return closed(r, event, wasLive);
+  }
+  if (r.lostAt === null) {
+    r.lostAt = performance.now();
+    r.attempt = 0;
+    setState("reconnecting");
+    setStatus(`Connection lost (code ${event.code}); reconnecting…`);
+  }
+  const delay =
+    Math.min(RESUME_FIRST_DELAY_MS * 2 ** Math.min(r.attempt, 16), RESUME_MAX_DELAY_MS) *
+    (0.5 + Math.random() / 2);
+  r.attempt += 1;
+  if (performance.now() - r.lostAt + delay >= r.resume.window_s * 1000) {
+    return fail(
+      r,
+      new PageError(
+        "resume_failed",
+        `the connection was lost and the session could not be resumed within its ` +
+          `${r.resume.window_s} s window (${r.attempt - 1} attempts)`,
+      ),
+    );
+  }
+  r.resumeTimer = setTimeout(() => {
+    r.resumeTimer = null;
+    if (run === r) {
+      open(r, resumeUrl(r));
+    }
+  }, delay);
+}
+
+/** session.resumed: resend what the server did not get, and carry on. */
+function resumed(r, msg) {
+  const rate = r.ctx.sampleRate;
+  const frame = Number.isFinite(Number(msg.input_frames))
+    ? Number(msg.input_frames)
+    : Math.round((Number(msg.audio_ms) * rate) / 1000);
+  const resend = r.unconfirmed?.from(frame);
+  if (!resend) {
+    return fail(
+      r,
+      new PageError(
+        "resume_failed",
+        `the session resumed at ${seconds((1000 * frame) / rate)} of audio, which this page ` +
+          "no longer has; the session's audio cannot continue",
+      ),
+    );
+  }
+  for (const samples of resend) {
+    r.ws.send(wireBytes(samples));
+  }
+  const afterMs = Math.round(performance.now() - r.lostAt);
+  r.lostAt = null;
+  r.live = true;
+  r.resumes += 1;
+  app.dataset.resumes = String(r.resumes);
+  if (r.userStopped) {
+    setState("stopping");
+    r.ws.send(JSON.stringify({ type: "stop" }));
+  } else {
+    setState("streaming");
+  }
+  statusLine.classList.remove("error");
+  setStatus(
+    `Streaming (resumed after ${afterMs} ms, replayed ${Number(msg.replayed) || 0} events). ` +
+      "Speak; press Stop to end the session.",
+  );
 }
 
 function updateSent(r) {
@@ -397,6 +628,17 @@ function stop(r) {
   r.stopping = true;
   r.userStopped = true;
   releaseAudio(r);
+  if (r.started && !r.live) {
+    // Reconnecting: give up; the server ends the session after its resume window.
+    clearTimeout(r.resumeTimer);
+    r.resume = null;
+    const ws = r.ws;
+    run = null;
+    ws?.close();
+    setState("idle");
+    setStatus("Stopped while reconnecting; the server ends the session after its resume window.");
+    return;
+  }
   const ws = r.ws;
   if (!ws || ws.readyState === WebSocket.CLOSED) {
     run = null;
@@ -412,7 +654,10 @@ function stop(r) {
   }
   setStatus("Stopping: waiting for the session summary…");
   ws.send(JSON.stringify({ type: "stop" }));
-  r.stopTimer = setTimeout(() => ws.close(1000, "stop timed out"), STOP_TIMEOUT_MS);
+  r.stopTimer = setTimeout(() => {
+    r.resume = null; // no summary in time: not worth resuming for
+    r.ws?.close(1000, "stop timed out");
+  }, STOP_TIMEOUT_MS);
 }
 
 function releaseAudio(r) {
@@ -426,8 +671,9 @@ function releaseAudio(r) {
   }
 }
 
-function closed(r, event) {
+function closed(r, event, wasLive) {
   clearTimeout(r.stopTimer);
+  clearTimeout(r.resumeTimer);
   r.stopping = true;
   releaseAudio(r);
   if (run === r) {
@@ -462,7 +708,13 @@ function closed(r, event) {
   }
   setState("error");
   const why = event.reason ? `: ${event.reason}` : "";
-  showError("connection_lost", `the connection closed with code ${event.code}${why}`);
+  if (event.code === CLOSE_TAKEN_OVER) {
+    showError("session_taken_over", `another connection took the session over${why}`);
+  } else if (!wasLive && r.started) {
+    showError("resume_failed", `a resume attempt closed with code ${event.code}${why}`);
+  } else {
+    showError("connection_lost", `the connection closed with code ${event.code}${why}`);
+  }
 }
 
 function showSummary(msg) {
@@ -477,9 +729,14 @@ function showSummary(msg) {
 
 function fail(r, err) {
   if (r) {
+    clearTimeout(r.resumeTimer);
+    r.resume = null;
     r.stopping = true;
     releaseAudio(r);
-    r.ws?.close();
+    if (r.ws) {
+      r.ws.onclose = null; // this error is what the page shows, not the close
+      r.ws.close();
+    }
     if (run === r) {
       run = null;
     }
