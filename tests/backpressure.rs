@@ -151,7 +151,9 @@ async fn drop_newest_reports_each_dropped_chunk_by_seq_and_stats_add_up() {
     let mut dropped = Vec::new();
     for d in &drops {
         assert_eq!(d["fatal"], false, "{d}");
-        let seq = d["seq"].as_u64().unwrap_or_else(|| panic!("seq: {d}")) as usize;
+        let seq = d["chunk_seq"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("chunk_seq: {d}")) as usize;
         assert!(
             (1..=n).contains(&seq),
             "seq {seq} is a binary-frame index of an audio chunk: {d}"

@@ -13,7 +13,7 @@ pub enum BackpressurePolicy {
     /// client; nothing is lost; a client that sends faster than real time is slowed down.
     Block,
     /// Drop the chunk that did not fit, count it, and tell the client with a non-fatal
-    /// `audio_dropped` error naming the chunk's `seq`. Latency stays low; audio is lost.
+    /// `audio_dropped` error naming the chunk's `chunk_seq`. Latency stays low; audio is lost.
     DropNewest,
 }
 

@@ -151,7 +151,7 @@ impl Connection {
     /// through the session's intake gate. When the pipeline is full (its mailbox, or
     /// `max_inflight_bytes` in flight) the backpressure policy decides: `block` stops
     /// reading the socket until the chunk is taken, `drop_newest` drops it and reports
-    /// `audio_dropped` with its `seq`.
+    /// `audio_dropped` with its `chunk_seq`.
     fn on_audio(&mut self, ctx: &mut ws::WebsocketContext<Self>, data: Bytes) {
         let seq = self.binary_frames;
         self.binary_frames += 1;

@@ -224,9 +224,10 @@ pub enum ServerEvent {
         correlation_id: Uuid,
         /// Whether the session ends.
         fatal: bool,
-        /// The dropped chunk, for `audio_dropped`.
+        /// The dropped chunk's index among the binary messages, for `audio_dropped` (not
+        /// `seq`: that key is the message's own sequence number).
         #[serde(skip_serializing_if = "Option::is_none")]
-        seq: Option<u64>,
+        chunk_seq: Option<u64>,
     },
     /// Last event of a session.
     #[serde(rename = "session.closed")]

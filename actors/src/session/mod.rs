@@ -430,7 +430,7 @@ fn error_event(error: &SessionError, fatal: bool) -> ServerEvent {
         message: error.to_string(),
         correlation_id: Uuid::new_v4(),
         fatal,
-        seq: match error {
+        chunk_seq: match error {
             SessionError::AudioDropped { seq } => Some(*seq),
             _ => None,
         },
