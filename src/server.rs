@@ -154,8 +154,8 @@ pub async fn start(
             ext.insert(handle);
         }
     })
-    // After the last response (a WebSocket's close frame) the connection is ended at
-    // once rather than lingering up to a second for the client to hang up first.
+    // After the last response (a WebSocket's close frame) the connection is ended within
+    // CLOSE_LINGER_MS rather than the default second.
     .client_disconnect_timeout(Duration::from_millis(CLOSE_LINGER_MS))
     .disable_signals()
     .shutdown_timeout(1);
@@ -286,8 +286,13 @@ fn accepted_tcp(conn: &dyn std::any::Any) -> Option<&actix_web::rt::net::TcpStre
 
 /// How long, ms, the server waits after a connection's last response (a WebSocket close
 /// frame) for the client to hang up before ending TCP itself. Reading meanwhile lets the
-/// client's own close frame arrive without a reset that could destroy ours unread.
-const CLOSE_LINGER_MS: u64 = 100;
+/// client's own close frame arrive without a reset that could destroy ours unread; a client
+/// that answers the close (browsers, Python's `websockets`) sees TCP end at once.
+///
+/// Not less than 600: actix computes the deadline from a clock it refreshes every 500 ms,
+/// and a deadline already past when set is never woken (the connection then lingers until
+/// the client hangs up). 600 ms gives a wait of 0.1 to 0.6 s.
+const CLOSE_LINGER_MS: u64 = 600;
 
 /// A duplicate of an accepted socket, kept in the connection's data so a session can cut a
 /// connection whose actor cannot run (its client stopped reading, so the HTTP writer no

@@ -28,14 +28,14 @@ use self::rates::SessionRates;
 use crate::error::close_code;
 use crate::metrics::{Direction, FrameKind, Metrics, StageStats};
 use crate::session::{
-    Attach, Attached, ConnectionEnd, ConnectionGone, ConnectionHandle, FromClient, ResumeRequest,
-    SessionRoute, SocketAbort, ToClient,
+    Attach, Attached, ConnectionEnd, ConnectionGone, ConnectionHandle, FromClient, OutgoingQueue,
+    ResumeRequest, SessionRoute, SocketAbort, ToClient,
 };
 use crate::settings::{PipelineSettings, SessionLimits};
 use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -83,7 +83,7 @@ pub struct Connection {
     stopped_by_client: bool,
     /// How the connection ended, reported to the session when the actor stops.
     end: ConnectionEnd,
-    outgoing: Arc<AtomicUsize>,
+    outgoing: Arc<OutgoingQueue>,
     abort: Option<SocketAbort>,
     /// Cleared when the actor stops.
     running: Arc<AtomicBool>,
@@ -136,7 +136,7 @@ impl Connection {
             closing: false,
             stopped_by_client: false,
             end: ConnectionEnd::Lost,
-            outgoing: Arc::new(AtomicUsize::new(0)),
+            outgoing: Arc::new(OutgoingQueue::default()),
             abort,
             metrics: spec.metrics,
         }

@@ -7,23 +7,24 @@
 //! pulls, which it does only while the socket accepts data. The difference is the queue the
 //! session bounds with `session.max_outgoing_bytes`.
 
+use crate::session::OutgoingQueue;
 use bytes::Bytes;
 use futures_util::Stream;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// A connection's response body, counting bytes as the HTTP writer takes them.
 pub struct OutgoingMeter<S> {
     inner: Pin<Box<S>>,
-    outgoing: Arc<AtomicUsize>,
+    outgoing: Arc<OutgoingQueue>,
 }
 
 impl<S> OutgoingMeter<S> {
     /// Wraps `body`, the stream `WebsocketContext` produces for the connection whose unread
     /// bytes `outgoing` counts.
-    pub fn new(body: S, outgoing: Arc<AtomicUsize>) -> Self {
+    pub fn new(body: S, outgoing: Arc<OutgoingQueue>) -> Self {
         Self {
             inner: Box::pin(body),
             outgoing,
@@ -45,7 +46,9 @@ where
             // subtraction saturates rather than wrapping.
             let _ = self
                 .outgoing
+                .queued
                 .fetch_update(Relaxed, Relaxed, |q| Some(q.saturating_sub(taken)));
+            self.outgoing.taken.fetch_add(taken as u64, Relaxed);
         }
         next
     }

@@ -77,9 +77,8 @@ pub struct ConnectionHandle {
     pub id: u64,
     /// Where the session's frames for the client go.
     pub to_client: Recipient<ToClient>,
-    /// Encoded bytes handed to this connection and not yet taken by its socket: the
-    /// session adds, the connection's response body subtracts as the writer takes them.
-    pub outgoing: Arc<std::sync::atomic::AtomicUsize>,
+    /// What the session handed this connection and its socket has not taken yet.
+    pub outgoing: Arc<OutgoingQueue>,
     /// Cuts the TCP connection; `None` when the server cannot (tests of the actors alone).
     pub abort: Option<SocketAbort>,
 }
@@ -90,6 +89,18 @@ impl std::fmt::Debug for ConnectionHandle {
             .field("id", &self.id)
             .finish()
     }
+}
+
+/// A connection's queue towards its client, as two counters the session and the
+/// connection's response body share (no lock, no message).
+#[derive(Debug, Default)]
+pub struct OutgoingQueue {
+    /// Encoded bytes handed to the connection and not yet taken by the socket writer: the
+    /// session adds, the response body subtracts as the writer takes them.
+    pub queued: std::sync::atomic::AtomicUsize,
+    /// Bytes the writer has taken in all: when it stops moving while bytes are queued, the
+    /// client has stopped reading (or the connection cannot even run).
+    pub taken: std::sync::atomic::AtomicU64,
 }
 
 /// A resume's credentials: the token from `session.started` and the last `seq` the client

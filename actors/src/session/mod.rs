@@ -108,6 +108,8 @@ pub struct Session {
     over_since: Option<Instant>,
     /// Bytes of a resume's replay not yet read down to the bound (see `check_reader`).
     replay_allowance: usize,
+    /// The attached connection's `taken` count when last seen to move, and since when.
+    writer_stalled: Option<(u64, Instant)>,
     /// Processor restarts within the last `supervision.period_s`, oldest first (at most
     /// `max_restarts + 1`).
     restarts: VecDeque<Instant>,
@@ -175,6 +177,7 @@ impl Session {
             ttl_s,
             over_since: None,
             replay_allowance: 0,
+            writer_stalled: None,
             restarts: VecDeque::new(),
             register,
             unregister,
@@ -238,43 +241,54 @@ impl Session {
             crate::metrics::FrameKind::Text,
             len,
         );
-        conn.outgoing.fetch_add(frame_len(len), Relaxed);
+        conn.outgoing.queued.fetch_add(frame_len(len), Relaxed);
         conn.to_client.do_send(ToClient::Text(text));
     }
 
-    /// Whether the attached client is reading. Over `max_outgoing_bytes` unread for
-    /// `slow_consumer_timeout_s`, or at twice it, the client is a slow consumer: with resume
-    /// on, its connection is closed and the session detaches (the events wait in the
-    /// outbox); with resume off the session ends 1008 `slow_consumer`.
+    /// Whether the attached client is reading. It is a slow consumer when its unread queue
+    /// stays over `max_outgoing_bytes` for `slow_consumer_timeout_s` or reaches twice it,
+    /// or when its socket has taken nothing for `slow_consumer_timeout_s` while bytes wait
+    /// (its connection may then be unable to run at all, taking no audio either). With
+    /// resume on, its connection is closed and the session detaches (the events wait in
+    /// the outbox); with resume off the session ends 1008 `slow_consumer`.
     fn check_reader(&mut self, ctx: &mut Context<Self>) {
         let Some(conn) = &self.attached else {
             return;
         };
         let limits = &self.config.limits;
         let max = limits.max_outgoing_bytes;
-        let queued = conn.outgoing.load(Relaxed);
+        let timeout = Duration::from_secs(limits.slow_consumer_timeout_s);
+        let queued = conn.outgoing.queued.load(Relaxed);
+        let taken = conn.outgoing.taken.load(Relaxed);
         self.counters.outgoing_bytes.store(queued, Relaxed);
+        let stalled = match self.writer_stalled {
+            Some((at, since)) if at == taken && queued > 0 => since.elapsed() >= timeout,
+            _ => {
+                self.writer_stalled = Some((taken, Instant::now()));
+                false
+            }
+        };
         if queued <= max {
             self.over_since = None;
             self.replay_allowance = 0;
-            return;
+            if !stalled {
+                return;
+            }
         }
         // A resume's replay was asked for all at once: it counts against the bound only
         // once the client has read it down to the bound.
-        let queued = queued.saturating_sub(self.replay_allowance);
-        if queued <= max {
-            return;
-        }
+        let over = queued.saturating_sub(self.replay_allowance);
         let since = *self.over_since.get_or_insert_with(Instant::now);
-        let timeout = Duration::from_secs(limits.slow_consumer_timeout_s);
-        if queued <= 2 * max && since.elapsed() < timeout {
+        if !stalled && over <= 2 * max && (over <= max || since.elapsed() < timeout) {
             return;
         }
         self.over_since = None;
+        self.writer_stalled = None;
         self.span.in_scope(|| {
             warn!(
                 queued,
                 max,
+                stalled,
                 over_ms = since.elapsed().as_millis() as u64,
                 "client is not reading its events"
             )
@@ -295,7 +309,7 @@ impl Session {
     /// Whether a droppable frame (returned audio) may be queued for the client now.
     fn room_for_droppable(&self) -> bool {
         self.attached.as_ref().is_some_and(|conn| {
-            conn.outgoing.load(Relaxed) <= self.config.limits.max_outgoing_bytes
+            conn.outgoing.queued.load(Relaxed) <= self.config.limits.max_outgoing_bytes
         })
     }
 

@@ -39,6 +39,7 @@ impl Handler<PipelineOutput> for Session {
                 };
                 let pcm = to_s16le(&samples);
                 conn.outgoing
+                    .queued
                     .fetch_add(super::frame_len(pcm.len()), Relaxed);
                 self.metrics
                     .frame(Direction::Out, FrameKind::Binary, pcm.len());

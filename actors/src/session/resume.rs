@@ -109,6 +109,8 @@ impl Session {
         }
         let position = self.intake.hand_to(conn.id);
         self.attached = Some(conn);
+        self.writer_stalled = None;
+        self.over_since = None;
         self.ever_attached = true;
         self.counters.attached.store(true, Relaxed);
         self.counters.touch();
