@@ -101,7 +101,7 @@ mod tests {
             max_outgoing_bytes: 1 << 18,
             slow_consumer_timeout_s: 10,
             resume_window_s: 30,
-            resume_buffer_bytes: 1 << 17,
+            resume_buffer_bytes: 1 << 15,
         }
     }
 

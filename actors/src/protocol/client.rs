@@ -80,23 +80,8 @@ pub const RESUME_PARAMS: [&str; 4] = ["resume", "resume_token", "last_seq", "acc
 /// client received.
 pub fn parse_resume(
     query: &HashMap<String, String>,
-) -> Result<(uuid::Uuid, crate::session::ResumeRequest), AdmissionError> {
-    let mut unknown: Vec<&str> = query
-        .keys()
-        .map(String::as_str)
-        .filter(|k| !RESUME_PARAMS.contains(k))
-        .collect();
-    unknown.sort_unstable();
-    if let Some(first) = unknown.first() {
-        return Err(invalid(
-            "query",
-            format!(
-                "parameter \"{}\" cannot come with resume; allowed: {}",
-                clip(first),
-                RESUME_PARAMS.join(", ")
-            ),
-        ));
-    }
+) -> Result<(uuid::Uuid, ResumeRequest), AdmissionError> {
+    only_params(query, &RESUME_PARAMS, " with resume")?;
     let raw = query.get("resume").map(String::as_str).unwrap_or_default();
     let id = uuid::Uuid::parse_str(raw.trim()).map_err(|_| {
         invalid(
@@ -125,7 +110,43 @@ pub fn parse_resume(
             ))
         }
     };
-    Ok((id, crate::session::ResumeRequest { token, last_seq }))
+    Ok((id, ResumeRequest { token, last_seq }))
+}
+
+/// A resume's credentials: the token from `session.started` and the last `seq` the client
+/// has.
+#[derive(Debug, Clone)]
+pub struct ResumeRequest {
+    /// The resume token, as the client sent it.
+    pub token: String,
+    /// The last `seq` the client received.
+    pub last_seq: u64,
+}
+
+/// Refuses the first (in sorted order) parameter of `query` not in `allowed`, naming it
+/// (followed by `context`) and listing what is allowed.
+fn only_params(
+    query: &HashMap<String, String>,
+    allowed: &[&str],
+    context: &str,
+) -> Result<(), AdmissionError> {
+    let mut unknown: Vec<&str> = query
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !allowed.contains(k))
+        .collect();
+    unknown.sort_unstable();
+    match unknown.first() {
+        Some(first) => Err(invalid(
+            "query",
+            format!(
+                "unknown parameter \"{}\"{context}; allowed: {}",
+                clip(first),
+                allowed.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Longest query string `parse_query` reads, bytes; longer is refused without parsing.
@@ -222,22 +243,7 @@ impl StreamParams {
         query: &HashMap<String, String>,
         vad_defaults: &VadSettings,
     ) -> Result<Self, AdmissionError> {
-        let mut unknown: Vec<&str> = query
-            .keys()
-            .map(String::as_str)
-            .filter(|k| !KNOWN_PARAMS.contains(k))
-            .collect();
-        unknown.sort_unstable();
-        if let Some(first) = unknown.first() {
-            return Err(invalid(
-                "query",
-                format!(
-                    "unknown parameter \"{}\"; allowed: {}",
-                    clip(first),
-                    KNOWN_PARAMS.join(", ")
-                ),
-            ));
-        }
+        only_params(query, &KNOWN_PARAMS, "")?;
         let sample_rate =
             parse_in_range(query, "sample_rate", SAMPLE_RATE_RANGE)?.ok_or_else(|| {
                 invalid(

@@ -103,15 +103,7 @@ pub struct OutgoingQueue {
     pub taken: std::sync::atomic::AtomicU64,
 }
 
-/// A resume's credentials: the token from `session.started` and the last `seq` the client
-/// has.
-#[derive(Debug, Clone)]
-pub struct ResumeRequest {
-    /// The resume token, as the client sent it.
-    pub token: String,
-    /// The last `seq` the client received.
-    pub last_seq: u64,
-}
+pub use crate::protocol::ResumeRequest;
 
 /// Why a resume is refused. Each maps to an HTTP refusal before the upgrade.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
