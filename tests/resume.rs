@@ -84,6 +84,18 @@ impl Seen {
     fn events(&self) -> Vec<Value> {
         self.by_seq.values().cloned().collect()
     }
+
+    /// Stops `client`, keeps its last events, checks the close and that no seq is missing;
+    /// returns every event in seq order.
+    async fn stop_and_check(&mut self, client: Client) -> Vec<Value> {
+        let (events, code) = client.stop().await;
+        assert_eq!(code, Some(1000));
+        for e in events {
+            self.add(e);
+        }
+        self.assert_contiguous();
+        self.events()
+    }
 }
 
 /// Streams `pcm` whole and stops: the reference events.
@@ -167,13 +179,7 @@ async fn a_connection_cut_mid_word_resumes_with_the_same_segments_and_no_seq_gap
     for chunk in pcm[from..].chunks(CHUNK) {
         client.send_audio(chunk.to_vec()).await;
     }
-    let (events, code) = client.stop().await;
-    assert_eq!(code, Some(1000));
-    for e in events {
-        got.add(e);
-    }
-    got.assert_contiguous();
-    let all = got.events();
+    let all = got.stop_and_check(client).await;
     assert_eq!(
         segments(&all),
         want,
@@ -427,13 +433,7 @@ async fn a_client_that_stops_reading_is_detached_and_resumes_with_every_event() 
         &mut got,
     )
     .await;
-    let (events, code) = client.stop().await;
-    assert_eq!(code, Some(1000));
-    for e in events {
-        got.add(e);
-    }
-    got.assert_contiguous();
-    let all = got.events();
+    let all = got.stop_and_check(client).await;
     assert!(
         all.iter()
             .any(|e| e["type"] == "error" && e["code"] == "slow_consumer" && e["fatal"] == false),
