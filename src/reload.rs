@@ -32,7 +32,7 @@ pub(crate) fn reload(state: &AppState) -> Result<String, SettingsError> {
     keep_restart_only(&old.settings, &mut next);
     let (limits, reserve_bytes, level) = (
         next.registry,
-        next.session_worst_case_bytes(),
+        next.session_worst_case_bytes(&state.catalog),
         next.log.level.clone(),
     );
     let current = match Current::new(next) {

@@ -102,12 +102,19 @@ pub async fn start(
     let tls = CertStore::load(&settings.server.tls)?;
     let tls_config = tls.as_ref().map(CertStore::server_config).transpose()?;
     let metrics = Arc::new(Metrics::new());
-    let registry = SessionRegistry::new(
-        settings.registry,
-        settings.session_worst_case_bytes(),
-        metrics.clone(),
-    )
-    .start_supervised();
+    let reserve = settings.session_worst_case_bytes(&catalog);
+    let budget_sessions = (settings.registry.memory_budget_mb << 20) / reserve.max(1);
+    if budget_sessions < settings.registry.max_sessions {
+        warn!(
+            max_sessions = settings.registry.max_sessions,
+            budget_sessions,
+            reserve_bytes_per_session = reserve,
+            "registry.max_sessions cannot be reached: registry.memory_budget_mb holds fewer \
+             sessions' worst case; raise the budget or lower the session limits"
+        );
+    }
+    let registry =
+        SessionRegistry::new(settings.registry, reserve, metrics.clone()).start_supervised();
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,

@@ -80,6 +80,7 @@ async fn block_mode_slows_a_flooding_client_and_loses_nothing() {
     assert_eq!(c.started["limits"]["backpressure"], "block");
     let events = flood_and_flush(&mut c, binary(&chunks)).await;
     assert!(of_type(&events, "error").is_empty(), "{events:?}");
+    assert_mailboxes_within_bound(&server, &["resampler", "level", "slow"], "slow");
     assert_eq!(events.last().unwrap()["audio_ms"], 6000);
     let slow = of_type(&events, "slow.flushed");
     assert_eq!(slow.len(), 1, "{events:?}");
@@ -117,6 +118,28 @@ async fn block_mode_slows_a_flooding_client_and_loses_nothing() {
         !errors_with_code(&events, "audio_dropped").is_empty(),
         "control: the same flood overruns the pipeline under drop_newest: {events:?}"
     );
+}
+
+/// `/v1/stats` for each of `stages` (`level` is in the session's light stage, the slow
+/// processor in one of its own): no session's mailbox ever held more than its capacity plus
+/// the one message a blocked sender holds, and the mailbox of `full` did fill up (so the
+/// bound was tested).
+fn assert_mailboxes_within_bound(server: &TestServer, stages: &[&str], full: &str) {
+    let stats =
+        common::http::request("GET", &format!("http://{}/v1/stats", server.addr), None).expect(200);
+    let actors = stats["actors"].as_array().expect("actors");
+    for &name in stages {
+        let stage = actors
+            .iter()
+            .find(|a| a["stage"] == name)
+            .unwrap_or_else(|| panic!("stage {name} in {stats}"));
+        let capacity = stage["mailbox_capacity"].as_i64().expect("capacity");
+        let peak = stage["session_peak_depth"].as_i64().expect("peak");
+        assert!(peak <= capacity + 1, "{name}: {stage}");
+        if name == full {
+            assert!(peak >= capacity, "{name} was never full: {stage}");
+        }
+    }
 }
 
 /// `drop_newest` mode: every dropped chunk is reported by a non-fatal `audio_dropped` error

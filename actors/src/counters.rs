@@ -3,10 +3,10 @@
 //! Atomics rather than messages: the registry's sweep and the stats endpoint read them
 //! without a round trip to every session, and the hot path pays one relaxed add.
 
-use crate::metrics::StageStats;
+use crate::metrics::{StageStats, TimingSampler};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Milliseconds since the first call in this process: a cheap monotonic clock for atomics.
 pub fn now_ms() -> u64 {
@@ -108,11 +108,15 @@ impl SessionCounters {
 
 /// One pipeline actor's view of its queue: updates both the session's per-stage depth and
 /// the stage kind's totals, so `/v1/stats` can show either without asking the actor.
+///
+/// Depth counts messages in the mailbox, not the one being handled: the sender adds when it
+/// queues, the actor subtracts when it takes the message ([`StageProbe::start`]).
 #[derive(Debug, Clone)]
 pub struct StageProbe {
     stats: Arc<StageStats>,
     counters: Arc<SessionCounters>,
     index: usize,
+    timing: TimingSampler,
 }
 
 impl StageProbe {
@@ -122,6 +126,7 @@ impl StageProbe {
             stats,
             counters,
             index,
+            timing: TimingSampler::default(),
         }
     }
 
@@ -131,19 +136,23 @@ impl StageProbe {
 
     /// A message was put in this stage's mailbox.
     pub fn queued(&self) {
-        self.stats.queued();
-        if let Some(d) = self.depth() {
-            d.fetch_add(1, Relaxed);
-        }
+        let session_depth = self.depth().map_or(0, |d| d.fetch_add(1, Relaxed) + 1);
+        self.stats.queued(session_depth);
     }
 
-    /// A message was taken out and handled in `took`.
-    pub fn handled(&self, took: Duration) {
+    /// The actor took a message out of its mailbox and starts handling it; pass what this
+    /// returns to [`StageProbe::handled`] when done.
+    pub fn start(&mut self) -> Option<Instant> {
         self.stats.dequeued();
-        self.stats.handled(took);
         if let Some(d) = self.depth() {
             d.fetch_sub(1, Relaxed);
         }
+        self.timing.start()
+    }
+
+    /// The message taken at [`StageProbe::start`] was handled.
+    pub fn handled(&self, started: Option<Instant>) {
+        self.stats.handled(started);
     }
 
     /// The stage's processor was restarted after a panic.

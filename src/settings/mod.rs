@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use thiserror::Error;
 use voxrt_actors::audio::MAX_BLOCK_SAMPLES;
+use voxrt_actors::pipeline::Pipeline;
+use voxrt_actors::processors::ProcessorCatalog;
 use voxrt_actors::settings::{
     LevelSettings, PipelineSettings, RegistryLimits, SessionLimits, SupervisionSettings,
     VadSettings,
@@ -330,17 +332,21 @@ impl Settings {
     }
 
     /// The most memory one session can make the server hold, in bytes: audio in flight
-    /// before the resampler, one frame being read and a fragmented message being reassembled
-    /// (each at most `max_binary_frame_bytes`), full processor mailboxes (and the
-    /// returned-audio queue) of at most 100 ms blocks, the outgoing queue, the events kept
-    /// for resume, plus fixed per-session state.
-    pub fn session_worst_case_bytes(&self) -> usize {
+    /// before the resampler (at most `max_inflight_bytes`, or one frame when that is
+    /// larger: a frame is let in whenever nothing is in flight), one message being read or
+    /// reassembled (at most `max_binary_frame_bytes`), full processor stage mailboxes (and
+    /// the returned-audio queue) of at most 100 ms blocks, the outgoing queue, the events
+    /// kept for resume, plus fixed per-session state. `catalog` says how many stages
+    /// `pipeline.processors` makes.
+    pub fn session_worst_case_bytes(&self, catalog: &ProcessorCatalog) -> usize {
         const FIXED: usize = 64 << 10;
-        let stages = self.pipeline.processors.len() + 1;
+        // The resampler's entry stands for the returned-audio queue: its own mailbox holds
+        // client bytes, counted in flight.
+        let stages = Pipeline::stage_names(catalog, &self.pipeline.processors).len();
         let per_block = MAX_BLOCK_SAMPLES * std::mem::size_of::<f32>();
-        self.pipeline.max_inflight_bytes.get()
-            // One frame in the decoder, one message being reassembled.
-            + 2 * self.session.max_binary_frame_bytes
+        let frame = self.session.max_binary_frame_bytes;
+        self.pipeline.max_inflight_bytes.get().max(frame)
+            + frame
             + stages * (self.pipeline.mailbox_capacity.get() + 1) * per_block
             // The outgoing queue closes the session at twice its bound.
             + 2 * self.session.max_outgoing_bytes

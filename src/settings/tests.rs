@@ -30,6 +30,28 @@ fn embedded_defaults_are_valid_for_every_profile() {
     }
 }
 
+/// Every profile's memory budget holds its `max_sessions` sessions' worst case, so `/ready`
+/// (at_capacity) and admission (memory_budget_exceeded) agree on where the server is full.
+#[test]
+fn every_profile_budget_reaches_its_max_sessions() {
+    let catalog = ProcessorCatalog::with_builtins();
+    let hash = "ab".repeat(32);
+    let token = [
+        ("VOXRT_ADMIN__TOKEN_SHA256", &*hash),
+        ("VOXRT_AUTH__API_KEYS_SHA256", &*hash),
+    ];
+    for profile in [None, Some("bench"), Some("development"), Some("production")] {
+        let s = Settings::load_from(profile, &env(&token), &[]).unwrap();
+        let reserve = s.session_worst_case_bytes(&catalog);
+        assert!(
+            s.registry.max_sessions * reserve <= s.registry.memory_budget_mb << 20,
+            "{profile:?}: {} sessions of {reserve} bytes over {} MiB",
+            s.registry.max_sessions,
+            s.registry.memory_budget_mb
+        );
+    }
+}
+
 #[test]
 fn environment_overrides_keys_and_lists() {
     let s = Settings::load_from(

@@ -396,7 +396,7 @@ pub fn segments(events: &[Value]) -> Vec<(u64, u64)> {
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use voxrt::actors::processors::{Processor, ProcessorContext};
+use voxrt::actors::processors::{Placement, Processor, ProcessorContext};
 use voxrt::actors::registry::{GetStats, RegistryStats};
 use voxrt::actors::{AudioBlock, ServerEvent};
 
@@ -599,7 +599,7 @@ impl Processor for SlowProcessor {
 /// The built-ins plus [`SLOW`]: a [`SlowProcessor`] sleeping `per_block` per block for
 /// sessions whose input sample rate is `only_rate` (every session when `None`); other
 /// sessions get a `SlowProcessor` that does not sleep and is not counted. Returns the probe
-/// counting what the sleeping processors saw.
+/// counting what the sleeping processors saw. Heavy, so placed in a stage of its own.
 pub fn slow_catalog(
     per_block: Duration,
     only_rate: Option<u32>,
@@ -607,7 +607,7 @@ pub fn slow_catalog(
     let probe = Arc::new(SlowProbe::default());
     let mut catalog = ProcessorCatalog::with_builtins();
     let shared = probe.clone();
-    catalog.register(SLOW, move |ctx: &ProcessorContext| {
+    catalog.register_placed(SLOW, Placement::OwnStage, move |ctx: &ProcessorContext| {
         let slow = only_rate.is_none_or(|r| r == ctx.input.sample_rate);
         Box::new(SlowProcessor {
             per_block: if slow { per_block } else { Duration::ZERO },

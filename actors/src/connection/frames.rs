@@ -28,8 +28,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Connection {
             // A fatal error is with the session: nothing the client sends matters any more.
             return;
         }
-        let began = Instant::now();
-        self.last_heard = began;
+        let timer = self.timing.start();
+        self.last_heard = Instant::now();
         match msg {
             Ok(frame) => {
                 self.count_in(&frame);
@@ -45,7 +45,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for Connection {
             }
             Err(e) => self.on_decode_error(ctx, &e),
         }
-        self.stage.handled(began.elapsed());
+        self.stage.handled(timer);
     }
 
     /// The client's side ended. After a fatal error the session still has its error event,

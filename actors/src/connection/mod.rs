@@ -26,7 +26,7 @@ use self::intake::{FramePacedPayload, WireReport};
 use self::outgoing::OutgoingMeter;
 use self::rates::SessionRates;
 use crate::error::close_code;
-use crate::metrics::{Direction, FrameKind, Metrics, StageStats};
+use crate::metrics::{Direction, FrameKind, Metrics, StageStats, TimingSampler};
 use crate::session::{
     Attach, Attached, ConnectionEnd, ConnectionGone, ConnectionHandle, FromClient, OutgoingQueue,
     ResumeRequest, SessionRoute, SocketAbort, ToClient,
@@ -89,6 +89,7 @@ pub struct Connection {
     running: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     stage: Arc<StageStats>,
+    timing: TimingSampler,
     span: tracing::Span,
 }
 
@@ -119,6 +120,7 @@ impl Connection {
             running,
             span: tracing::info_span!("connection", session = %spec.session_id, id),
             stage: spec.metrics.stage("connection", 0),
+            timing: TimingSampler::default(),
             id,
             route: spec.route,
             resume: spec.resume,

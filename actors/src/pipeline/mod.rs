@@ -5,7 +5,8 @@
 //! - [`messages`]: what goes in (audio chunks, flushes) and what comes out (events).
 //! - [`sender`]: the bounded send under the backpressure policy, used at every hop.
 //! - [`resampler`]: the first stage: decode, downmix, resample to 16 kHz, fan out.
-//! - [`stage`]: the stage that runs one processor and restarts it after a panic.
+//! - [`stage`]: the stage that runs processors (the light ones in turn, or one heavy one)
+//!   and restarts one after a panic.
 //!
 //! The pipeline knows nothing of connections or sessions: it takes audio from whoever holds
 //! the [`Pipeline`] handle and sends its output to the `sink` recipient it is built with.
@@ -22,7 +23,7 @@ pub use sender::{Offer, StageSender, Waiting};
 pub use stage::ProcessorStage;
 
 use self::resampler::{Downstream, ResamplerProbes};
-use self::stage::Restart;
+use self::stage::{Restart, Supervised};
 use crate::audio::StreamResampler;
 use crate::counters::{SessionCounters, StageProbe};
 use crate::metrics::Metrics;
@@ -65,6 +66,14 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// The pipeline stages a session running `processors` has, by name, resampler first:
+    /// the names `/v1/stats` reports and `SessionCounters` tracks depths under.
+    pub fn stage_names(catalog: &ProcessorCatalog, processors: &[String]) -> Vec<String> {
+        std::iter::once("resampler".to_owned())
+            .chain(catalog.stages(processors).iter().map(|s| s.join("+")))
+            .collect()
+    }
+
     /// Starts the stages on the current arbiter.
     pub fn start(
         session_id: Uuid,
@@ -82,26 +91,27 @@ impl Pipeline {
             vad: params.vad,
             level: config.level,
         };
-        let mut stages = Vec::with_capacity(config.pipeline.processors.len());
-        for (i, name) in config.pipeline.processors.iter().enumerate() {
-            let factory = catalog
-                .factory(name)
-                .ok_or_else(|| PipelineError::UnknownProcessor(name.clone()))?;
-            let processor = catch_unwind(AssertUnwindSafe(|| factory(&ctx)))
-                .map_err(|_| PipelineError::ProcessorPanicked(name.clone()))?;
-            let probe = StageProbe::new(metrics.stage(name, capacity), counters.clone(), i + 1);
-            let stage = ProcessorStage::new(
-                name.clone(),
-                processor,
-                sink.clone(),
-                capacity,
-                probe.clone(),
-                Restart {
+        let layout = catalog.stages(&config.pipeline.processors);
+        let mut stages = Vec::with_capacity(layout.len());
+        for (i, names) in layout.iter().enumerate() {
+            let mut processors = Vec::with_capacity(names.len());
+            for &name in names {
+                let factory = catalog
+                    .factory(name)
+                    .ok_or_else(|| PipelineError::UnknownProcessor(name.to_owned()))?;
+                let processor = catch_unwind(AssertUnwindSafe(|| factory(&ctx)))
+                    .map_err(|_| PipelineError::ProcessorPanicked(name.to_owned()))?;
+                let restart = Restart {
                     factory,
                     context: ctx.clone(),
-                },
-            )
-            .start_bounded();
+                };
+                processors.push(Supervised::new(name.to_owned(), processor, restart));
+            }
+            let name = names.join("+");
+            let probe = StageProbe::new(metrics.stage(&name, capacity), counters.clone(), i + 1);
+            let stage =
+                ProcessorStage::new(name, processors, sink.clone(), capacity, probe.clone())
+                    .start_bounded();
             stages.push(StageSender::new(stage, probe));
         }
         let resampler_probe =

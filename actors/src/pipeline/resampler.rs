@@ -187,7 +187,7 @@ impl Handler<AudioChunk> for Resampler {
 
     /// Decodes, resamples and forwards one chunk.
     fn handle(&mut self, chunk: AudioChunk, ctx: &mut Self::Context) {
-        let began = Instant::now();
+        let timer = self.probe.start();
         let received = Some(chunk.received);
         let step = DECODE_STEP_FRAMES * self.format.frame_bytes();
         let mut blocks = Vec::new();
@@ -207,7 +207,7 @@ impl Handler<AudioChunk> for Resampler {
             .fetch_sub(chunk.data.len(), Relaxed);
         self.counters.chunks_processed.fetch_add(1, Relaxed);
         let forwarded = self.forward(blocks);
-        self.probe.handled(began.elapsed());
+        self.probe.handled(timer);
         match forwarded {
             Ok(None) => {}
             Ok(Some(backlog)) => ctx.wait(backlog.into_actor(self).map(|res, act, ctx| {
@@ -226,7 +226,7 @@ impl Handler<Flush> for Resampler {
     /// Drains the filter, flushes the processors (after the last blocks are in), then
     /// reports `Flushed` through the sink so it follows every event of the flushed audio.
     fn handle(&mut self, _msg: Flush, ctx: &mut Self::Context) {
-        let began = Instant::now();
+        let timer = self.probe.start();
         if self.dsp.flush(&mut self.out).is_err() {
             self.fail(ctx);
             return;
@@ -234,7 +234,7 @@ impl Handler<Flush> for Resampler {
         let mut blocks = Vec::new();
         self.take_blocks(true, None, &mut blocks);
         let forwarded = self.forward(blocks);
-        self.probe.handled(began.elapsed());
+        self.probe.handled(timer);
         let backlog = match forwarded {
             Ok(backlog) => backlog,
             Err(_) => return self.fail(ctx),

@@ -1,4 +1,5 @@
-//! The actor that runs one [`Processor`] for one session, and supervises it.
+//! The actor that runs a session's [`Processor`]s (one, or the light ones in turn), and
+//! supervises each.
 //!
 //! A processor is user code (speech-to-text, say) and may panic. The stage catches the
 //! panic at the call, so it never unwinds through the actor system, and restarts the
@@ -6,8 +7,8 @@
 //! one-for-one strategy, and tells the session, which sends a non-fatal
 //! `processor_restarted` error; the audio keeps flowing. The session holds the intensity
 //! limit across all its stages: more than `supervision.max_restarts` restarts within
-//! `period_s` and it closes with 1011 `processor_failed`. Other sessions' stages are
-//! separate actors and never notice.
+//! `period_s` and it closes with 1011 `processor_failed`. The other processors of the stage
+//! go on with the same block; other sessions' stages are separate actors and never notice.
 
 use super::messages::{FlushStage, PipelineOutput};
 use crate::audio::AudioBlock;
@@ -18,7 +19,7 @@ use actix::prelude::*;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
-/// How to build the stage's processor again after a panic.
+/// How to build a processor again after a panic.
 pub struct Restart {
     /// The catalog's factory for this processor.
     pub factory: ProcessorFactory,
@@ -26,69 +27,54 @@ pub struct Restart {
     pub context: ProcessorContext,
 }
 
-/// Runs a [`Processor`] behind a bounded mailbox; its events go to the session's sink.
-pub struct ProcessorStage {
+/// One processor of a stage, under supervision.
+pub struct Supervised {
     name: String,
     processor: Box<dyn Processor>,
-    sink: Recipient<PipelineOutput>,
-    mailbox_capacity: usize,
-    probe: StageProbe,
     restart: Restart,
-    /// The processor could not be rebuilt; blocks are dropped until the session closes.
+    /// The processor could not be rebuilt; it is skipped until the session closes.
     failed: bool,
 }
 
-impl ProcessorStage {
-    /// A stage named `name` (for logs and errors) delivering events to `sink`.
-    pub fn new(
-        name: String,
-        processor: Box<dyn Processor>,
-        sink: Recipient<PipelineOutput>,
-        mailbox_capacity: usize,
-        probe: StageProbe,
-        restart: Restart,
-    ) -> Self {
+impl Supervised {
+    /// `processor`, called `name` in logs and errors, rebuilt by `restart` after a panic.
+    pub fn new(name: String, processor: Box<dyn Processor>, restart: Restart) -> Self {
         Self {
             name,
             processor,
-            sink,
-            mailbox_capacity,
-            probe,
             restart,
             failed: false,
         }
     }
 
-    fn deliver(&self, events: Vec<ServerEvent>, received: Option<Instant>) {
-        if !events.is_empty() {
-            // Events, not audio: at most a few per block, and blocks in flight are bounded by
-            // the mailboxes upstream, so this queue is bounded by construction.
-            self.sink
-                .do_send(PipelineOutput::Events { events, received });
-        }
-    }
-
-    /// Runs `call` on the processor; on a panic, restarts it (or gives up) and returns no
-    /// events: what the failed call emitted may be partial.
-    fn supervised(
+    /// Runs `call` on the processor, appending what it emits to `events`. On a panic,
+    /// restarts it (or gives up), tells `sink`, and drops what the failed call emitted: it
+    /// may be partial. Returns whether the processor was restarted.
+    fn run(
         &mut self,
+        events: &mut Vec<ServerEvent>,
+        sink: &Recipient<PipelineOutput>,
         call: impl FnOnce(&mut dyn Processor, &mut Vec<ServerEvent>),
-    ) -> Vec<ServerEvent> {
-        let mut events = Vec::new();
+    ) -> bool {
         if self.failed {
-            return events;
+            return false;
         }
+        let before = events.len();
         let processor = &mut *self.processor;
-        match catch_unwind(AssertUnwindSafe(|| call(processor, &mut events))) {
-            Ok(()) => events,
+        match catch_unwind(AssertUnwindSafe(|| call(processor, events))) {
+            Ok(()) => false,
             Err(panic) => {
-                self.on_panic(panic.as_ref());
-                Vec::new()
+                events.truncate(before);
+                self.on_panic(panic.as_ref(), sink)
             }
         }
     }
 
-    fn on_panic(&mut self, panic: &(dyn std::any::Any + Send)) {
+    fn on_panic(
+        &mut self,
+        panic: &(dyn std::any::Any + Send),
+        sink: &Recipient<PipelineOutput>,
+    ) -> bool {
         let message = panic
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
@@ -97,21 +83,72 @@ impl ProcessorStage {
         let session = self.restart.context.session_id;
         let processor = self.name.clone();
         // The panic text goes to the server log only, never to the client.
-        tracing::warn!(%session, stage = %self.name, panic = %message, "processor panicked; restarting it with fresh state");
+        tracing::warn!(%session, processor = %self.name, panic = %message, "processor panicked; restarting it with fresh state");
         let restart = &self.restart;
         match catch_unwind(AssertUnwindSafe(|| (restart.factory)(&restart.context))) {
             Ok(fresh) => {
                 self.processor = fresh;
-                self.probe.restarted();
-                self.sink
-                    .do_send(PipelineOutput::ProcessorRestarted { processor });
+                sink.do_send(PipelineOutput::ProcessorRestarted { processor });
+                true
             }
             Err(_) => {
-                tracing::error!(%session, stage = %self.name, "processor factory panicked on restart; giving up");
+                tracing::error!(%session, processor = %self.name, "processor factory panicked on restart; giving up");
                 self.failed = true;
-                self.sink
-                    .do_send(PipelineOutput::ProcessorFailed { processor });
+                sink.do_send(PipelineOutput::ProcessorFailed { processor });
+                false
             }
+        }
+    }
+}
+
+/// Runs one or more [`Processor`]s, in turn on each block, behind one bounded mailbox; their
+/// events go to the session's sink, in processor order, in one message per block.
+pub struct ProcessorStage {
+    name: String,
+    processors: Vec<Supervised>,
+    sink: Recipient<PipelineOutput>,
+    mailbox_capacity: usize,
+    probe: StageProbe,
+}
+
+impl ProcessorStage {
+    /// A stage named `name` (its processors' names joined with `+`; for logs and
+    /// `/v1/stats`) delivering events to `sink`.
+    pub fn new(
+        name: String,
+        processors: Vec<Supervised>,
+        sink: Recipient<PipelineOutput>,
+        mailbox_capacity: usize,
+        probe: StageProbe,
+    ) -> Self {
+        Self {
+            name,
+            processors,
+            sink,
+            mailbox_capacity,
+            probe,
+        }
+    }
+
+    /// Runs `call` on every processor in order and forwards what they emitted.
+    fn run_all(
+        &mut self,
+        received: Option<Instant>,
+        mut call: impl FnMut(&mut dyn Processor, &mut Vec<ServerEvent>),
+    ) {
+        let timer = self.probe.start();
+        let mut events = Vec::new();
+        for p in &mut self.processors {
+            if p.run(&mut events, &self.sink, &mut call) {
+                self.probe.restarted();
+            }
+        }
+        self.probe.handled(timer);
+        if !events.is_empty() {
+            // Events, not audio: at most a few per block, and blocks in flight are bounded by
+            // the mailboxes upstream, so this queue is bounded by construction.
+            self.sink
+                .do_send(PipelineOutput::Events { events, received });
         }
     }
 }
@@ -141,24 +178,19 @@ impl Actor for ProcessorStage {
 impl Handler<AudioBlock> for ProcessorStage {
     type Result = ();
 
-    /// Runs the processor on one block and forwards what it emitted.
+    /// Runs the processors on one block and forwards what they emitted.
     fn handle(&mut self, block: AudioBlock, _ctx: &mut Self::Context) {
-        let began = Instant::now();
-        let events = self.supervised(|p, events| p.process(&block, events));
-        self.probe.handled(began.elapsed());
-        self.deliver(events, block.received);
+        let received = block.received;
+        self.run_all(received, |p, events| p.process(&block, events));
     }
 }
 
 impl Handler<FlushStage> for ProcessorStage {
     type Result = ();
 
-    /// Flushes the processor (a failed one has nothing to flush; the answer still comes).
+    /// Flushes the processors (a failed one has nothing to flush; the answer still comes).
     fn handle(&mut self, msg: FlushStage, _ctx: &mut Self::Context) {
-        let began = Instant::now();
-        let events = self.supervised(|p, events| p.flush(msg.end_sample, events));
-        self.probe.handled(began.elapsed());
-        self.deliver(events, None);
+        self.run_all(None, |p, events| p.flush(msg.end_sample, events));
         tracing::trace!(stage = %self.name, end_sample = msg.end_sample, "flushed");
     }
 }

@@ -1,9 +1,14 @@
-//! Processors: what runs on pipeline audio (16 kHz mono `f32`), one actor each.
+//! Processors: what runs on pipeline audio (16 kHz mono `f32`).
 //!
-//! A [`Processor`] is plain synchronous code; the `ProcessorStage` (in `pipeline`) actor
-//! gives it a bounded mailbox and delivers its events to the session. Built-ins are `level`
-//! and `vad`; users register their own in a [`ProcessorCatalog`] under a name and list that
-//! name in `pipeline.processors`.
+//! A [`Processor`] is plain synchronous code; a `ProcessorStage` (in `pipeline`) actor gives
+//! it a bounded mailbox and delivers its events to the session. Built-ins are `level` and
+//! `vad`; users register their own in a [`ProcessorCatalog`] under a name and list that name
+//! in `pipeline.processors`.
+//!
+//! Where a processor runs is its [`Placement`]: light ones (microseconds per block, like the
+//! built-ins) share one stage per session and run in turn on each block, so a chunk costs one
+//! mailbox hop however many of them there are; a heavy one gets a stage of its own, so its
+//! queue and backpressure are its own.
 //!
 //! ```
 //! use voxrt_actors::processors::{Processor, ProcessorCatalog, ProcessorContext};
@@ -73,10 +78,30 @@ pub struct ProcessorContext {
 /// Builds a fresh processor for one session.
 pub type ProcessorFactory = Arc<dyn Fn(&ProcessorContext) -> Box<dyn Processor> + Send + Sync>;
 
+/// Where a session's processor runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Placement {
+    /// In the session's shared stage, after the light processors listed before it: one
+    /// mailbox hop per block for all of them. For processors that take microseconds per
+    /// 100 ms block and never block.
+    #[default]
+    Shared,
+    /// In a stage (actor and bounded mailbox) of its own, so it can fall behind without
+    /// holding up the shared stage.
+    OwnStage,
+}
+
+/// A registered processor: how to build it and where it runs.
+#[derive(Clone)]
+struct Entry {
+    factory: ProcessorFactory,
+    placement: Placement,
+}
+
 /// The processors a server can run, by name. Cheap to clone (factories are shared).
 #[derive(Clone)]
 pub struct ProcessorCatalog {
-    factories: BTreeMap<String, ProcessorFactory>,
+    factories: BTreeMap<String, Entry>,
 }
 
 impl std::fmt::Debug for ProcessorCatalog {
@@ -100,12 +125,50 @@ impl ProcessorCatalog {
         catalog
     }
 
-    /// Adds (or replaces) the processor called `name`.
+    /// Adds (or replaces) the processor called `name`, run in the session's shared stage
+    /// ([`Placement::Shared`]).
     pub fn register<F>(&mut self, name: impl Into<String>, factory: F)
     where
         F: Fn(&ProcessorContext) -> Box<dyn Processor> + Send + Sync + 'static,
     {
-        self.factories.insert(name.into(), Arc::new(factory));
+        self.register_placed(name, Placement::Shared, factory);
+    }
+
+    /// Adds (or replaces) the processor called `name`, run where `placement` says.
+    pub fn register_placed<F>(&mut self, name: impl Into<String>, placement: Placement, factory: F)
+    where
+        F: Fn(&ProcessorContext) -> Box<dyn Processor> + Send + Sync + 'static,
+    {
+        let entry = Entry {
+            factory: Arc::new(factory),
+            placement,
+        };
+        self.factories.insert(name.into(), entry);
+    }
+
+    /// Where `name` runs, if registered.
+    pub fn placement(&self, name: &str) -> Option<Placement> {
+        self.factories.get(name).map(|e| e.placement)
+    }
+
+    /// The stages a session running `processors` (in order) has after its resampler: the
+    /// shared stage (where the first shared processor is listed) holding every shared
+    /// processor in order, and one stage per [`Placement::OwnStage`] processor. Unknown
+    /// names count as shared. Each inner list is non-empty.
+    pub fn stages<'a>(&self, processors: &'a [String]) -> Vec<Vec<&'a str>> {
+        let mut stages: Vec<Vec<&str>> = Vec::new();
+        let mut shared: Option<usize> = None;
+        for name in processors {
+            match (self.placement(name).unwrap_or_default(), shared) {
+                (Placement::Shared, Some(i)) => stages[i].push(name),
+                (Placement::Shared, None) => {
+                    shared = Some(stages.len());
+                    stages.push(vec![name]);
+                }
+                (Placement::OwnStage, _) => stages.push(vec![name]),
+            }
+        }
+        stages
     }
 
     /// Whether `name` is registered.
@@ -120,12 +183,12 @@ impl ProcessorCatalog {
 
     /// Builds the processor called `name`, if registered.
     pub fn build(&self, name: &str, ctx: &ProcessorContext) -> Option<Box<dyn Processor>> {
-        self.factories.get(name).map(|f| f(ctx))
+        self.factories.get(name).map(|e| (e.factory)(ctx))
     }
 
     /// The factory of `name` (a stage keeps it to rebuild its processor after a panic).
     pub fn factory(&self, name: &str) -> Option<ProcessorFactory> {
-        self.factories.get(name).cloned()
+        self.factories.get(name).map(|e| e.factory.clone())
     }
 }
 
@@ -138,5 +201,36 @@ pub(crate) fn to_dbfs(amplitude: f64) -> f32 {
         -120.0
     } else {
         (20.0 * amplitude.log10()).max(-120.0) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nothing;
+    impl Processor for Nothing {
+        fn process(&mut self, _: &AudioBlock, _: &mut Vec<ServerEvent>) {}
+        fn flush(&mut self, _: u64, _: &mut Vec<ServerEvent>) {}
+    }
+
+    /// Light processors share one stage, where the first of them is listed and in list
+    /// order; each heavy one has its own.
+    #[test]
+    fn shared_processors_form_one_stage_heavy_ones_their_own() {
+        let mut catalog = ProcessorCatalog::with_builtins();
+        catalog.register_placed("stt", Placement::OwnStage, |_: &ProcessorContext| {
+            Box::new(Nothing)
+        });
+        catalog.register("clip", |_: &ProcessorContext| Box::new(Nothing));
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let processors = names(&["stt", "level", "clip", "vad"]);
+        assert_eq!(
+            catalog.stages(&processors),
+            vec![vec!["stt"], vec!["level", "clip", "vad"]]
+        );
+        let processors = names(&["level", "vad"]);
+        assert_eq!(catalog.stages(&processors), vec![vec!["level", "vad"]]);
+        assert!(catalog.stages(&[]).is_empty());
     }
 }

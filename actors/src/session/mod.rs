@@ -25,7 +25,7 @@ pub use messages::*;
 use self::outbox::Outbox;
 use crate::counters::SessionCounters;
 use crate::error::{close_code, SessionError};
-use crate::metrics::{Metrics, StageStats};
+use crate::metrics::{Metrics, StageStats, TimingSampler};
 use crate::pipeline::{Flush, Offer, Pipeline, PipelineError};
 use crate::processors::ProcessorCatalog;
 use crate::protocol::{
@@ -117,6 +117,7 @@ pub struct Session {
     unregister: Recipient<Unregister>,
     metrics: Arc<Metrics>,
     stage: Arc<StageStats>,
+    timing: TimingSampler,
     span: tracing::Span,
 }
 
@@ -134,8 +135,7 @@ impl Session {
             register,
             unregister,
         } = spec;
-        let stages = std::iter::once("resampler".to_owned())
-            .chain(config.pipeline.processors.iter().cloned());
+        let stages = Pipeline::stage_names(&catalog, &config.pipeline.processors);
         let counters = Arc::new(SessionCounters::new(stages));
         let mut ctx: Context<Session> = Context::new();
         ctx.set_mailbox_capacity(config.pipeline.mailbox_capacity.get());
@@ -160,6 +160,7 @@ impl Session {
             outbox: Outbox::new(config.limits.resume_buffer_bytes),
             span: tracing::info_span!("session", id = %id),
             stage: metrics.stage("session", config.pipeline.mailbox_capacity.get()),
+            timing: TimingSampler::default(),
             intake: Arc::new(IntakeGate::default()),
             id,
             params,
@@ -515,7 +516,7 @@ impl Handler<FromClient> for Session {
 
     /// Answers a client's control message, or reports what it sent wrong.
     fn handle(&mut self, msg: FromClient, ctx: &mut Self::Context) {
-        let began = Instant::now();
+        let timer = self.timing.start();
         match msg {
             FromClient::Ping { id } => {
                 self.counters.touch();
@@ -529,7 +530,7 @@ impl Handler<FromClient> for Session {
             FromClient::Stop => self.begin_close(ctx, CloseReason::ClientStop),
             FromClient::Error(error) => self.report(ctx, error),
         }
-        self.stage.handled(began.elapsed());
+        self.stage.handled(timer);
     }
 }
 
