@@ -152,7 +152,8 @@ struct Args {
     /// `memory_budget_exceeded`, `too_many_sessions`...) is counted by code and retried after
     /// its `Retry-After` (1 to 30 s, plus up to half of it again as jitter; 1 s without the
     /// header), a connect error after a jittered backoff (0.5 to 8 s), until the step ends.
-    /// Refused sessions are not failures then; sessions that fail after admission are.
+    /// Refused sessions are not failures then; sessions that fail after admission are (and
+    /// are replaced by new ones, to keep the load offered).
     #[arg(long)]
     retry: bool,
     /// Offer N sessions and keep trying to get them admitted: `--sessions N --retry`.

@@ -109,7 +109,9 @@ struct ServerEvent<'a> {
 }
 
 /// Runs one session from its connect turn (`start_at`) to its end and records it in
-/// `metrics`. Sends one message on `settled` once it is connected or has failed to.
+/// `metrics`. Sends one message on `settled` once it is connected or has failed to. With
+/// `--retry`, a session that fails after admission is recorded and replaced by a new one
+/// (connecting at once) until the step stops, so that the load offered stays the same.
 pub async fn run(
     plan: Arc<Plan>,
     metrics: Arc<Metrics>,
@@ -117,22 +119,42 @@ pub async fn run(
     stop: StopSignal,
     settled: mpsc::UnboundedSender<()>,
 ) {
-    let state = SessionState::new(plan.ring_chunks);
-    let outcome = session(&plan, &metrics, &state, start_at, stop, &settled).await;
-    let position = state.ring().sent();
-    let missing = position >= plan.recording.chunks.len() as u64
-        && state.speech_starts.load(Relaxed) == 0
-        && matches!(outcome, Outcome::Completed | Outcome::NoSessionClosed);
-    metrics.seqs(
-        state.seq_gaps.load(Relaxed),
-        state.seq_duplicates.load(Relaxed),
-    );
-    metrics.finished(
-        &outcome,
-        state.chunks_sent.load(Relaxed),
-        missing,
-        state.dropped.load(Relaxed),
-    );
+    let mut settled = Some(settled);
+    let mut start_at = start_at;
+    loop {
+        let state = SessionState::new(plan.ring_chunks);
+        let outcome = session(
+            &plan,
+            &metrics,
+            &state,
+            start_at,
+            stop.clone(),
+            &mut settled,
+        )
+        .await;
+        let position = state.ring().sent();
+        let missing = position >= plan.recording.chunks.len() as u64
+            && state.speech_starts.load(Relaxed) == 0
+            && matches!(outcome, Outcome::Completed | Outcome::NoSessionClosed);
+        metrics.seqs(
+            state.seq_gaps.load(Relaxed),
+            state.seq_duplicates.load(Relaxed),
+        );
+        metrics.finished(
+            &outcome,
+            state.chunks_sent.load(Relaxed),
+            missing,
+            state.dropped.load(Relaxed),
+        );
+        let failed_after_admission = matches!(
+            outcome,
+            Outcome::UnexpectedClose(_) | Outcome::FatalError(_) | Outcome::ResumeFailed(_)
+        );
+        if !(plan.retry && failed_after_admission) || stop.borrow().is_some() {
+            return;
+        }
+        start_at = Instant::now();
+    }
 }
 
 /// What the writer and the reader of one session share, and what survives a session cut off
@@ -183,17 +205,18 @@ async fn session(
     state: &SessionState,
     start_at: Instant,
     mut stop: StopSignal,
-    settled: &mpsc::UnboundedSender<()>,
+    settled: &mut Option<mpsc::UnboundedSender<()>>,
 ) -> Outcome {
     tokio::select! {
         _ = sleep_until(start_at) => {}
         _ = stop_requested(&mut stop) => {
-            let _ = settled.send(());
+            if let Some(settled) = settled.take() {
+                let _ = settled.send(());
+            }
             return Outcome::NotStarted;
         }
     }
     let mut attempt: u32 = 0;
-    let mut settled = Some(settled);
     let (ws, started) = loop {
         let begin = Instant::now();
         let connected = connect(&plan.url, plan.auth.as_ref()).await;
