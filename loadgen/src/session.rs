@@ -216,7 +216,8 @@ async fn session(
             return Outcome::NotStarted;
         }
     }
-    let mut attempt: u32 = 0;
+    // Connect errors in a row, for their backoff; a refusal resets it (the server answered).
+    let mut connect_errors: u32 = 0;
     let (ws, started) = loop {
         let begin = Instant::now();
         let connected = connect(&plan.url, plan.auth.as_ref()).await;
@@ -235,15 +236,16 @@ async fn session(
                 retry_after_s,
             }) if plan.retry && (status == 503 || status == 429) => {
                 metrics.refused_attempt(status, &code);
+                connect_errors = 0;
                 retry::after_refusal(retry_after_s)
             }
             Err(Outcome::ConnectError(_)) if plan.retry => {
                 metrics.connect_error_retried();
-                retry::after_connect_error(attempt)
+                connect_errors = connect_errors.saturating_add(1);
+                retry::after_connect_error(connect_errors - 1)
             }
             Err(outcome) => return outcome,
         };
-        attempt = attempt.saturating_add(1);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop_requested(&mut stop) => return Outcome::NotAdmitted,
