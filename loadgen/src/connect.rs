@@ -21,8 +21,10 @@ pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Longest wait for the TCP connection plus the WebSocket upgrade.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Read buffer of each connection, bytes.
-const READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Read buffer of each connection, bytes: tungstenite zero-fills this much before every
+/// read (a `WouldBlock` one too), so it is kept to a few of the server's small events; a
+/// larger message (`session.started`) just takes more reads.
+const READ_BUFFER_BYTES: usize = 1024;
 
 /// What `session.started` told us.
 #[derive(Debug, Clone, Default)]
@@ -199,7 +201,7 @@ async fn upgrade(url: &str, auth: Option<&HeaderValue>) -> Result<Ws, Outcome> {
     if let Some(auth) = auth {
         request.headers_mut().insert("authorization", auth.clone());
     }
-    // The server sends small JSON events: a 4 KiB read buffer instead of the default 128 KiB
+    // The server sends small JSON events: a 1 KiB read buffer instead of the default 128 KiB
     // keeps thousands of sessions cheap (tungstenite zero-fills the free part on every read).
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
     let attempt = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
@@ -218,9 +220,15 @@ async fn upgrade(url: &str, auth: Option<&HeaderValue>) -> Result<Ws, Outcome> {
                 .and_then(|b| serde_json::from_slice::<Value>(b).ok())
                 .and_then(|v| v.pointer("/error/code")?.as_str().map(str::to_owned))
                 .unwrap_or_else(|| "-".to_string());
+            let retry_after_s = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
             return Err(Outcome::Refused {
                 status: response.status().as_u16(),
                 code,
+                retry_after_s,
             });
         }
         Ok(Err(e)) => return Err(Outcome::ConnectError(e.to_string())),
@@ -232,7 +240,9 @@ async fn upgrade(url: &str, auth: Option<&HeaderValue>) -> Result<Ws, Outcome> {
 /// server is there and accepts these parameters and token, and returns what it announced.
 pub async fn probe(url: &str, auth: Option<&HeaderValue>) -> Result<Started, String> {
     let (mut ws, started) = connect(url, auth).await.map_err(|o| match o {
-        Outcome::Refused { status, code } => format!("the server refused: HTTP {status} {code}"),
+        Outcome::Refused { status, code, .. } => {
+            format!("the server refused: HTTP {status} {code}")
+        }
         Outcome::ConnectError(e) => e,
         other => format!("{other:?}"),
     })?;

@@ -14,8 +14,11 @@
 //! raises those limits and changes nothing else.
 //!
 //! It is built to cost far less than the server it measures: the audio is encoded once and
-//! every session sends slices of the same buffer; sessions are tasks on one tokio runtime
-//! (`--threads`, default 1).
+//! every session sends slices of the same buffer (`Bytes`, no copy but the WebSocket mask);
+//! sessions are tasks on one tokio runtime (`--threads`, default 1: a current-thread
+//! runtime); each session's writer keeps one timer and writes whatever is due with one
+//! system call; `level` events, most of what the server sends, are counted by their `seq`
+//! without being parsed.
 //!
 //! A step: connect its sessions at `--connect-rate` per second, stream `--warmup` seconds,
 //! then measure for `--duration` seconds (ping and event latencies, server and own CPU over
@@ -31,6 +34,18 @@
 //! the step). Replayed events and pongs are left out of the event and ping latencies: they
 //! waited out the cut.
 //!
+//! `--offer N` (or `--retry` with `--sessions`/`--ramp`) measures a server under more load
+//! than it admits: a session refused with 503 or 429 (`server_full`, `overloaded`,
+//! `memory_budget_exceeded`, ...) is counted by code and tries again after the refusal's
+//! `Retry-After` (bounded, jittered) until the step ends, so the admitted count grows as the
+//! server allows. Refusals are then not failures; the report gives sessions asked, admitted
+//! and never admitted, refused attempts by code, sessions that failed after admission, and
+//! latencies, which only admitted sessions have.
+//!
+//! Per-session figures (server CPU and RSS per session) divide by the sessions that were
+//! streaming during the measured window (time-weighted mean; RSS: those at its end), never by
+//! the sessions asked for.
+//!
 //! Exit codes: 0 the run completed (failures are reported, not an error); 2 bad arguments,
 //! unreadable audio, or a server that cannot be reached or refuses a first probe session.
 
@@ -41,6 +56,7 @@ mod metrics;
 mod proc_stats;
 mod report;
 mod resume;
+mod retry;
 mod session;
 
 use audio::{Encoding, Format, Recording};
@@ -132,6 +148,18 @@ struct Args {
     /// on (`session.resume_window_s` > 0).
     #[arg(long, value_name = "S", value_parser = positive_secs)]
     drop_every: Option<f64>,
+    /// Try refused sessions again: a 503 or 429 refusal (`server_full`, `overloaded`,
+    /// `memory_budget_exceeded`, `too_many_sessions`...) is counted by code and retried after
+    /// its `Retry-After` (1 to 30 s, plus up to half of it again as jitter; 1 s without the
+    /// header), a connect error after a jittered backoff (0.5 to 8 s), until the step ends.
+    /// Refused sessions are not failures then; sessions that fail after admission are (and
+    /// are replaced by new ones, to keep the load offered).
+    #[arg(long)]
+    retry: bool,
+    /// Offer N sessions and keep trying to get them admitted: `--sessions N --retry`.
+    #[arg(long, value_name = "N", conflicts_with_all = ["sessions", "ramp"],
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    offer: Option<u64>,
 }
 
 fn positive_secs(s: &str) -> Result<f64, String> {
@@ -165,10 +193,19 @@ const CONNECT_SLACK: Duration = Duration::from_secs(25);
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(args.threads))
-        .enable_all()
-        .build();
+    // One thread (the default): a current-thread runtime, whose task wake-ups need no
+    // cross-thread queues or atomics; that is most of what a session costs besides its
+    // system calls.
+    let runtime = if args.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(args.threads))
+            .enable_all()
+            .build()
+    };
     let runtime = match runtime {
         Ok(r) => r,
         Err(e) => {
@@ -260,6 +297,7 @@ async fn run(args: Args) -> Result<(), String> {
         ping_every: Duration::from_millis(args.ping_every_ms),
         ring_chunks,
         recording: recording.clone(),
+        retry: args.retry || args.offer.is_some(),
     });
 
     let interrupted = interrupt_signal();
@@ -267,7 +305,9 @@ async fn run(args: Args) -> Result<(), String> {
         ping_p99_ms: args.target_ping_p99_ms,
         event_p99_ms: args.target_event_p99_ms,
     };
-    let steps: Vec<u64> = if args.ramp.is_empty() {
+    let steps: Vec<u64> = if let Some(n) = args.offer {
+        vec![n]
+    } else if args.ramp.is_empty() {
         vec![args.sessions]
     } else {
         args.ramp.clone()
@@ -462,6 +502,7 @@ async fn run_step(
     }
     StepReport::new(
         n,
+        plan.retry,
         window_s,
         args.warmup,
         metrics.snapshot(),
@@ -492,5 +533,14 @@ mod tests {
         let a = Args::try_parse_from(["x", "--ramp", "100,200,400"]).expect("parses");
         assert_eq!(a.ramp, vec![100, 200, 400]);
         assert!(Args::try_parse_from(["x", "--encoding", "pcm_u8"]).is_err());
+    }
+
+    #[test]
+    fn offer_stands_alone() {
+        let a = Args::try_parse_from(["x", "--offer", "100"]).expect("parses");
+        assert_eq!(a.offer, Some(100));
+        assert!(Args::try_parse_from(["x", "--offer", "100", "--sessions", "5"]).is_err());
+        assert!(Args::try_parse_from(["x", "--offer", "100", "--ramp", "5,6"]).is_err());
+        assert!(Args::try_parse_from(["x", "--offer", "0"]).is_err());
     }
 }

@@ -16,8 +16,13 @@ use std::time::{Duration, Instant};
 pub enum Outcome {
     /// `stop` sent, `session.closed` with reason `client_stop` received.
     Completed,
-    /// Refused before the upgrade: HTTP status and the error code of the body (or `-`).
-    Refused { status: u16, code: String },
+    /// Refused before the upgrade: HTTP status, the error code of the body (or `-`) and
+    /// the `Retry-After` header, seconds, when there was one.
+    Refused {
+        status: u16,
+        code: String,
+        retry_after_s: Option<u64>,
+    },
     /// No TCP connection, no WebSocket, or no `session.started` in time.
     ConnectError(String),
     /// The server ended the session, or the connection broke, before the client stopped it.
@@ -31,6 +36,9 @@ pub enum Outcome {
     ResumeFailed(String),
     /// The step ended before this session's turn to connect.
     NotStarted,
+    /// `--retry`: every attempt was refused (each counted when it happened) until the step
+    /// ended. Not a failure: refusing is what an overloaded server should do.
+    NotAdmitted,
 }
 
 /// Counters of one step.
@@ -50,9 +58,20 @@ pub struct Counts {
     pub failed_no_session_closed: u64,
     /// Sessions that ended because a resume failed (also counted in `resumes_failed`).
     pub failed_resume: u64,
-    /// Refusals by HTTP status (`"429"`).
+    /// Sessions never admitted: refused (without `--retry`, once; with it, on every attempt
+    /// until the step ended).
+    pub sessions_refused: u64,
+    /// Sessions that got `session.started` and then did not complete: closed unexpectedly,
+    /// a fatal error, no `session.closed` after `stop`, or a failed resume.
+    pub failed_after_admission: u64,
+    /// Connection attempts refused with an HTTP status (with `--retry`, every attempt).
+    pub refused_attempts: u64,
+    /// `--retry`: attempts that failed without an HTTP refusal (no TCP connection, no
+    /// upgrade or no `session.started` in time) and were tried again.
+    pub connect_errors_retried: u64,
+    /// Refusals by HTTP status (`"429"`), per attempt.
     pub refusals_by_status: BTreeMap<String, u64>,
-    /// Refusals by the error code in the body (`"too_many_sessions"`).
+    /// Refusals by the error code in the body (`"too_many_sessions"`), per attempt.
     pub refusals_by_code: BTreeMap<String, u64>,
     /// Error events (fatal or not) by code.
     pub error_events_by_code: BTreeMap<String, u64>,
@@ -105,6 +124,12 @@ pub struct Snapshot {
     /// Connection cut to the first replayed event (or to `session.resumed` when nothing was
     /// replayed).
     pub resume: Option<Latency>,
+    /// Sessions streaming (admitted, not yet ended) at the start and the end of the
+    /// measured window, and their time-weighted mean over it (`None` before the window
+    /// closed).
+    pub streaming_at_start: u64,
+    pub streaming_at_end: u64,
+    pub streaming_mean: Option<f64>,
     pub counts: Counts,
 }
 
@@ -116,6 +141,42 @@ struct Inner {
     event: Histogram<u64>,
     resume: Histogram<u64>,
     counts: Counts,
+    streaming: Streaming,
+}
+
+/// How many sessions stream at once, integrated over time, so that per-session figures
+/// divide by the sessions that were really there during the window.
+#[derive(Default)]
+struct Streaming {
+    /// Sessions streaming now.
+    now: u64,
+    /// Since when `now` has held.
+    since: Option<Instant>,
+    /// Session-seconds accumulated up to `since`.
+    area: f64,
+    /// `(now, area)` when the window opened and closed.
+    at_start: Option<(u64, f64)>,
+    at_end: Option<(u64, f64)>,
+}
+
+impl Streaming {
+    /// Session-seconds up to `at`.
+    fn area_at(&self, at: Instant) -> f64 {
+        let held = self
+            .since
+            .map_or(0.0, |s| at.saturating_duration_since(s).as_secs_f64());
+        self.area + self.now as f64 * held
+    }
+
+    fn change(&mut self, at: Instant, up: bool) {
+        self.area = self.area_at(at);
+        self.since = Some(at);
+        self.now = if up {
+            self.now + 1
+        } else {
+            self.now.saturating_sub(1)
+        };
+    }
 }
 
 /// The shared recorder of one step.
@@ -143,6 +204,7 @@ impl Default for Metrics {
                 event: histogram(),
                 resume: histogram(),
                 counts: Counts::default(),
+                streaming: Streaming::default(),
             }),
         }
     }
@@ -163,12 +225,37 @@ impl Metrics {
 
     /// Opens the measured window at `at`.
     pub fn start_window(&self, at: Instant) {
-        self.lock().window_start = Some(at);
+        let mut m = self.lock();
+        m.window_start = Some(at);
+        m.streaming.at_start = Some((m.streaming.now, m.streaming.area_at(at)));
     }
 
     /// Closes the measured window at `at`.
     pub fn end_window(&self, at: Instant) {
-        self.lock().window_end = Some(at);
+        let mut m = self.lock();
+        m.window_end = Some(at);
+        m.streaming.at_end = Some((m.streaming.now, m.streaming.area_at(at)));
+    }
+
+    /// A session began to stream (got `session.started`) at `at`.
+    pub fn stream_began(&self, at: Instant) {
+        self.lock().streaming.change(at, true);
+    }
+
+    /// A session that streamed ended (however) at `at`.
+    pub fn stream_ended(&self, at: Instant) {
+        self.lock().streaming.change(at, false);
+    }
+
+    /// `--retry`: an attempt refused with `status` and `code`, to be tried again.
+    pub fn refused_attempt(&self, status: u16, code: &str) {
+        let mut m = self.lock();
+        count_refusal(&mut m.counts, status, code);
+    }
+
+    /// `--retry`: an attempt that failed without a refusal, to be tried again.
+    pub fn connect_error_retried(&self) {
+        self.lock().counts.connect_errors_retried += 1;
     }
 
     /// A session got `session.started` `elapsed` after it began to connect.
@@ -254,10 +341,14 @@ impl Metrics {
                 return;
             }
             Outcome::NotStarted => return,
-            Outcome::Refused { status, code } => {
+            Outcome::NotAdmitted => {
+                c.sessions_refused += 1;
+                return;
+            }
+            Outcome::Refused { status, code, .. } => {
                 c.failed_refused += 1;
-                *c.refusals_by_status.entry(status.to_string()).or_default() += 1;
-                *c.refusals_by_code.entry(code.clone()).or_default() += 1;
+                c.sessions_refused += 1;
+                count_refusal(c, *status, code);
                 format!("refused: HTTP {status} {code}")
             }
             Outcome::ConnectError(e) => {
@@ -266,18 +357,22 @@ impl Metrics {
             }
             Outcome::UnexpectedClose(e) => {
                 c.failed_unexpected_close += 1;
+                c.failed_after_admission += 1;
                 format!("unexpected close: {e}")
             }
             Outcome::FatalError(code) => {
                 c.failed_fatal_error += 1;
+                c.failed_after_admission += 1;
                 format!("fatal error event: {code}")
             }
             Outcome::NoSessionClosed => {
                 c.failed_no_session_closed += 1;
+                c.failed_after_admission += 1;
                 "no session.closed after stop".to_string()
             }
             Outcome::ResumeFailed(e) => {
                 c.failed_resume += 1;
+                c.failed_after_admission += 1;
                 format!("resume failed: {e}")
             }
         };
@@ -291,14 +386,31 @@ impl Metrics {
     /// The step's figures so far.
     pub fn snapshot(&self) -> Snapshot {
         let m = self.lock();
+        let st = &m.streaming;
+        let streaming_mean = match (m.window_start, m.window_end, st.at_start, st.at_end) {
+            (Some(s), Some(e), Some((_, a0)), Some((_, a1))) => {
+                let len = e.saturating_duration_since(s).as_secs_f64();
+                (len > 0.0).then(|| (a1 - a0) / len)
+            }
+            _ => None,
+        };
         Snapshot {
             connect: latency(&m.connect),
             ping: latency(&m.ping),
             event: latency(&m.event),
             resume: latency(&m.resume),
+            streaming_at_start: st.at_start.map_or(0, |(n, _)| n),
+            streaming_at_end: st.at_end.map_or(0, |(n, _)| n),
+            streaming_mean,
             counts: m.counts.clone(),
         }
     }
+}
+
+fn count_refusal(c: &mut Counts, status: u16, code: &str) {
+    c.refused_attempts += 1;
+    *c.refusals_by_status.entry(status.to_string()).or_default() += 1;
+    *c.refusals_by_code.entry(code.to_owned()).or_default() += 1;
 }
 
 fn latency(h: &Histogram<u64>) -> Option<Latency> {
@@ -342,6 +454,7 @@ mod tests {
         let refused = Outcome::Refused {
             status: 429,
             code: "too_many_sessions".into(),
+            retry_after_s: None,
         };
         m.finished(&refused, 0, false, 0);
         m.finished(&refused, 0, false, 0);
@@ -355,5 +468,41 @@ mod tests {
         assert_eq!(c.chunks_dropped, 2);
         assert_eq!(c.chunks_sent, 15);
         assert_eq!(c.failure_examples.len(), 2);
+        assert_eq!(c.sessions_refused, 2);
+        assert_eq!(c.failed_after_admission, 1);
+    }
+
+    #[test]
+    fn retried_refusals_are_not_failures() {
+        let m = Metrics::default();
+        m.refused_attempt(503, "server_full");
+        m.refused_attempt(503, "server_full");
+        m.refused_attempt(503, "overloaded");
+        m.finished(&Outcome::NotAdmitted, 0, false, 0);
+        let c = m.snapshot().counts;
+        assert_eq!(c.sessions_failed, 0);
+        assert_eq!(c.sessions_refused, 1);
+        assert_eq!(c.refused_attempts, 3);
+        assert_eq!(c.refusals_by_code.get("server_full"), Some(&2));
+        assert_eq!(c.refusals_by_status.get("503"), Some(&3));
+    }
+
+    #[test]
+    fn streaming_sessions_are_averaged_over_the_window() {
+        let m = Metrics::default();
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        m.stream_began(t0);
+        m.stream_began(t0);
+        m.start_window(t0 + s(10));
+        // Two for 5 s, three for 5 s: 25 session-seconds over 10 s.
+        m.stream_began(t0 + s(15));
+        m.end_window(t0 + s(20));
+        m.stream_ended(t0 + s(21));
+        let snap = m.snapshot();
+        assert_eq!(snap.streaming_at_start, 2);
+        assert_eq!(snap.streaming_at_end, 3);
+        let mean = snap.streaming_mean.expect("a closed window");
+        assert!((mean - 2.5).abs() < 1e-9, "{mean}");
     }
 }

@@ -30,8 +30,19 @@ pub struct ProcReadings {
 /// What one step measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepReport {
-    /// Sessions the step ran.
+    /// Sessions the step asked for (`--sessions`, a `--ramp` step, or `--offer`).
     pub sessions: u64,
+    /// The same, under a name that says so.
+    pub sessions_asked: u64,
+    /// Sessions that got `session.started` (also `sessions_started`).
+    pub sessions_admitted: u64,
+    /// Whether refused attempts were tried again (`--retry`, `--offer`).
+    pub retry: bool,
+    /// Sessions streaming (admitted, not yet ended) when the measured window opened and
+    /// closed, and their time-weighted mean over it: the divisor of the per-session figures.
+    pub sessions_streaming_start: u64,
+    pub sessions_streaming_end: u64,
+    pub sessions_streaming_mean: Option<f64>,
     /// Length of the measured window, seconds (shorter than `--duration` if interrupted).
     pub duration_s: f64,
     /// Warm-up before the window, seconds.
@@ -58,12 +69,14 @@ pub struct StepReport {
     pub counts: Counts,
     /// Server CPU over the window, % of one core.
     pub server_cpu_pct: Option<f64>,
-    /// `server_cpu_pct / sessions`.
+    /// `server_cpu_pct / sessions_streaming_mean`: per session that was streaming, not per
+    /// session asked for.
     pub server_cpu_pct_per_session: Option<f64>,
     pub server_rss_before_kib: Option<u64>,
     pub server_rss_start_kib: Option<u64>,
     pub server_rss_end_kib: Option<u64>,
-    /// `(server_rss_end_kib - server_rss_before_kib) / sessions`: memory per session.
+    /// `(server_rss_end_kib - server_rss_before_kib) / sessions_streaming_end`: memory per
+    /// session streaming at the end of the window.
     pub server_rss_per_session_kib: Option<f64>,
     /// The load generator's CPU over the window, % of one core.
     pub loadgen_cpu_pct: Option<f64>,
@@ -78,6 +91,7 @@ impl StepReport {
     /// Builds the report of a step and judges it against `targets`.
     pub fn new(
         sessions: u64,
+        retry: bool,
         duration_s: f64,
         warmup_s: f64,
         snapshot: Snapshot,
@@ -97,13 +111,21 @@ impl StepReport {
         };
         let server_cpu_pct = cpu(&procs.server_start, &procs.server_end).map(round3);
         let rss = |s: &Option<ProcSample>| s.map(|s| s.rss_kib);
-        let per_session = |v: f64| (sessions > 0).then(|| v / sessions as f64);
+        let streaming_mean = snapshot.streaming_mean;
+        let streaming_end = snapshot.streaming_at_end;
+        let per = |v: f64, n: f64| (n > 0.0).then(|| round3(v / n));
         let server_rss_per_session_kib = match (procs.server_before, procs.server_end) {
-            (Some(a), Some(b)) => per_session(b.rss_kib as f64 - a.rss_kib as f64).map(round3),
+            (Some(a), Some(b)) => per(b.rss_kib as f64 - a.rss_kib as f64, streaming_end as f64),
             _ => None,
         };
         let mut report = StepReport {
             sessions,
+            sessions_asked: sessions,
+            sessions_admitted: snapshot.counts.sessions_started,
+            retry,
+            sessions_streaming_start: snapshot.streaming_at_start,
+            sessions_streaming_end: streaming_end,
+            sessions_streaming_mean: streaming_mean.map(round3),
             duration_s: round3(duration_s),
             warmup_s,
             connect_p50_ms: pick(connect, |l| l.p50_ms),
@@ -122,7 +144,9 @@ impl StepReport {
             resume_max_ms: pick(resume, |l| l.max_ms),
             counts: snapshot.counts,
             server_cpu_pct,
-            server_cpu_pct_per_session: server_cpu_pct.and_then(per_session).map(round3),
+            server_cpu_pct_per_session: server_cpu_pct
+                .zip(streaming_mean)
+                .and_then(|(cpu, n)| per(cpu, n)),
             server_rss_before_kib: rss(&procs.server_before),
             server_rss_start_kib: rss(&procs.server_start),
             server_rss_end_kib: rss(&procs.server_end),
@@ -138,6 +162,9 @@ impl StepReport {
 
     fn judge(&mut self, targets: Targets) {
         let mut failed = Vec::new();
+        if self.sessions_admitted == 0 {
+            failed.push("no session was admitted".to_string());
+        }
         if self.counts.sessions_failed > 0 {
             failed.push(format!("{} sessions failed", self.counts.sessions_failed));
         }
@@ -211,7 +238,29 @@ impl Summary {
             self.vad_min_speech_ms,
         );
         let rows: Vec<(&str, Vec<String>)> = vec![
-            ("sessions", col(steps, |s| s.sessions.to_string())),
+            (
+                "sessions asked / admitted / refused",
+                col(steps, |s| {
+                    format!(
+                        "{} / {} / {}{}",
+                        s.sessions_asked,
+                        s.sessions_admitted,
+                        s.counts.sessions_refused,
+                        if s.retry { " (retrying)" } else { "" }
+                    )
+                }),
+            ),
+            (
+                "streaming at window start / mean / end",
+                col(steps, |s| {
+                    format!(
+                        "{} / {} / {}",
+                        s.sessions_streaming_start,
+                        num(s.sessions_streaming_mean, 1),
+                        s.sessions_streaming_end
+                    )
+                }),
+            ),
             (
                 "measured window",
                 col(steps, |s| {
@@ -244,6 +293,19 @@ impl Summary {
                 }),
             ),
             ("sessions failed", col(steps, |s| failures(&s.counts))),
+            (
+                "failed after admission",
+                col(steps, |s| s.counts.failed_after_admission.to_string()),
+            ),
+            (
+                "refused attempts / connect errors retried",
+                col(steps, |s| {
+                    format!(
+                        "{} / {}",
+                        s.counts.refused_attempts, s.counts.connect_errors_retried
+                    )
+                }),
+            ),
             (
                 "cuts / resumes / failed resumes",
                 col(steps, |s| {
@@ -296,7 +358,7 @@ impl Summary {
                 col(steps, |s| num(s.server_cpu_pct, 1)),
             ),
             (
-                "server CPU per session (%)",
+                "server CPU per streaming session (%)",
                 col(steps, |s| num(s.server_cpu_pct_per_session, 3)),
             ),
             (
@@ -312,7 +374,7 @@ impl Summary {
                 }),
             ),
             (
-                "server RSS per session (KiB)",
+                "server RSS per streaming session (KiB)",
                 col(steps, |s| num(s.server_rss_per_session_kib, 0)),
             ),
             (
@@ -419,4 +481,77 @@ fn failures(c: &Counts) -> String {
         .map(|(k, n)| format!("{k} {n}"))
         .collect();
     format!("{} ({})", c.sessions_failed, detail.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Metrics, Outcome};
+    use std::time::{Duration, Instant};
+
+    /// The case: 200 asked, 150 refused, the server busy 19.7 % of a core for the
+    /// 50 that streamed: 0.39 % per session, not 0.099 %.
+    #[test]
+    fn per_session_figures_divide_by_the_sessions_that_streamed() {
+        let m = Metrics::default();
+        let t0 = Instant::now();
+        for _ in 0..50 {
+            m.connected(Duration::from_millis(1));
+            m.stream_began(t0);
+        }
+        let refused = Outcome::Refused {
+            status: 503,
+            code: "server_full".into(),
+            retry_after_s: Some(1),
+        };
+        for _ in 0..150 {
+            m.finished(&refused, 0, false, 0);
+        }
+        m.start_window(t0 + Duration::from_secs(1));
+        m.end_window(t0 + Duration::from_secs(11));
+        let sample = |at: Instant, cpu_s: f64, rss_kib: u64| ProcSample { at, cpu_s, rss_kib };
+        let procs = ProcReadings {
+            server_before: Some(sample(t0, 0.0, 10_000)),
+            server_start: Some(sample(t0 + Duration::from_secs(1), 1.0, 14_000)),
+            server_end: Some(sample(t0 + Duration::from_secs(11), 1.0 + 1.97, 15_000)),
+            own_start: None,
+            own_end: None,
+        };
+        let targets = Targets {
+            ping_p99_ms: 50.0,
+            event_p99_ms: 50.0,
+        };
+        let r = StepReport::new(200, false, 10.0, 1.0, m.snapshot(), &procs, targets);
+        assert_eq!(r.sessions_asked, 200);
+        assert_eq!(r.sessions_admitted, 50);
+        assert_eq!(r.counts.sessions_refused, 150);
+        assert_eq!(r.sessions_streaming_end, 50);
+        assert_eq!(r.server_cpu_pct, Some(19.7));
+        assert_eq!(r.server_cpu_pct_per_session, Some(0.394));
+        assert_eq!(r.server_rss_per_session_kib, Some(100.0));
+        assert!(!r.passed, "refusals without --retry fail the step");
+        let json = serde_json::to_value(&r).expect("serialises");
+        assert_eq!(json["sessions_refused"], 150);
+        assert_eq!(json["sessions_admitted"], 50);
+        let table = Summary {
+            url: "ws://x".into(),
+            rate_hz: 48_000,
+            channels: 1,
+            encoding: "pcm_s16le",
+            chunk_ms: 20,
+            audio_loop_s: 1.0,
+            vad_silence_ms: 500,
+            vad_min_speech_ms: 100,
+            loadgen_threads: 1,
+            target_ping_p99_ms: 50.0,
+            target_event_p99_ms: 50.0,
+            interrupted: false,
+            last: r.clone(),
+            steps: None,
+            ramp_max_passing_sessions: None,
+        }
+        .table(&[r]);
+        assert!(table.contains("200 / 50 / 150"), "{table}");
+        assert!(table.contains("0.394"), "{table}");
+    }
 }

@@ -60,10 +60,10 @@ pub async fn reconnect(
     loop {
         let error = match connect::resume(&url, auth, rate).await {
             Ok(resumed) => return Ok(resumed),
-            Err(Outcome::Refused { status, code }) if status != 429 && status != 503 => {
+            Err(Outcome::Refused { status, code, .. }) if status != 429 && status != 503 => {
                 return Err(format!("refused: HTTP {status} {code}"));
             }
-            Err(Outcome::Refused { status, code }) => format!("HTTP {status} {code}"),
+            Err(Outcome::Refused { status, code, .. }) => format!("HTTP {status} {code}"),
             Err(Outcome::ConnectError(e)) => e,
             Err(other) => format!("{other:?}"),
         };

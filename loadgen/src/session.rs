@@ -13,6 +13,7 @@ use crate::connect::{connect, cut, socket_handle, Started, Ws};
 use crate::latency::{Attribution, SendRing, VadEvent};
 use crate::metrics::{Metrics, Outcome};
 use crate::resume::{next_cut, reconnect, ResumeOffer};
+use crate::retry;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::Value;
@@ -37,6 +38,9 @@ pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Prefix of the frequent `level` events of servers before `seq`, skipped without parsing.
 const LEVEL_PREFIX: &str = r#"{"type":"level""#;
+/// Most chunks one wake-up of a writer buffers before it flushes (catching up after a stall
+/// or a resume): 16 chunks of 20 ms at 48 kHz mono s16 are 31 KiB.
+const MAX_BATCH: u64 = 16;
 /// Close code of a connection whose session another connection took over: not resumed.
 const CLOSE_TAKEN_OVER: u16 = 4002;
 
@@ -61,6 +65,9 @@ pub struct Plan {
     /// `--drop-every`: the mean interval between cuts of each session's connection; also
     /// turns resuming after a loss on.
     pub drop_every: Option<Duration>,
+    /// `--retry`: refused attempts (503, 429) and connect errors are tried again until the
+    /// step ends.
+    pub retry: bool,
 }
 
 impl Plan {
@@ -102,7 +109,9 @@ struct ServerEvent<'a> {
 }
 
 /// Runs one session from its connect turn (`start_at`) to its end and records it in
-/// `metrics`. Sends one message on `settled` once it is connected or has failed to.
+/// `metrics`. Sends one message on `settled` once it is connected or has failed to. With
+/// `--retry`, a session that fails after admission is recorded and replaced by a new one
+/// (connecting at once) until the step stops, so that the load offered stays the same.
 pub async fn run(
     plan: Arc<Plan>,
     metrics: Arc<Metrics>,
@@ -110,22 +119,42 @@ pub async fn run(
     stop: StopSignal,
     settled: mpsc::UnboundedSender<()>,
 ) {
-    let state = SessionState::new(plan.ring_chunks);
-    let outcome = session(&plan, &metrics, &state, start_at, stop, &settled).await;
-    let position = state.ring().sent();
-    let missing = position >= plan.recording.chunks.len() as u64
-        && state.speech_starts.load(Relaxed) == 0
-        && matches!(outcome, Outcome::Completed | Outcome::NoSessionClosed);
-    metrics.seqs(
-        state.seq_gaps.load(Relaxed),
-        state.seq_duplicates.load(Relaxed),
-    );
-    metrics.finished(
-        &outcome,
-        state.chunks_sent.load(Relaxed),
-        missing,
-        state.dropped.load(Relaxed),
-    );
+    let mut settled = Some(settled);
+    let mut start_at = start_at;
+    loop {
+        let state = SessionState::new(plan.ring_chunks);
+        let outcome = session(
+            &plan,
+            &metrics,
+            &state,
+            start_at,
+            stop.clone(),
+            &mut settled,
+        )
+        .await;
+        let position = state.ring().sent();
+        let missing = position >= plan.recording.chunks.len() as u64
+            && state.speech_starts.load(Relaxed) == 0
+            && matches!(outcome, Outcome::Completed | Outcome::NoSessionClosed);
+        metrics.seqs(
+            state.seq_gaps.load(Relaxed),
+            state.seq_duplicates.load(Relaxed),
+        );
+        metrics.finished(
+            &outcome,
+            state.chunks_sent.load(Relaxed),
+            missing,
+            state.dropped.load(Relaxed),
+        );
+        let failed_after_admission = matches!(
+            outcome,
+            Outcome::UnexpectedClose(_) | Outcome::FatalError(_) | Outcome::ResumeFailed(_)
+        );
+        if !(plan.retry && failed_after_admission) || stop.borrow().is_some() {
+            return;
+        }
+        start_at = Instant::now();
+    }
 }
 
 /// What the writer and the reader of one session share, and what survives a session cut off
@@ -176,33 +205,63 @@ async fn session(
     state: &SessionState,
     start_at: Instant,
     mut stop: StopSignal,
-    settled: &mpsc::UnboundedSender<()>,
+    settled: &mut Option<mpsc::UnboundedSender<()>>,
 ) -> Outcome {
     tokio::select! {
         _ = sleep_until(start_at) => {}
         _ = stop_requested(&mut stop) => {
-            let _ = settled.send(());
+            if let Some(settled) = settled.take() {
+                let _ = settled.send(());
+            }
             return Outcome::NotStarted;
         }
     }
-    let begin = Instant::now();
-    let connected = connect(&plan.url, plan.auth.as_ref()).await;
-    if connected.is_ok() {
-        metrics.connected(begin.elapsed());
-    }
-    let _ = settled.send(());
-    let (ws, started) = match connected {
-        Ok(connected) => connected,
-        Err(outcome) => return outcome,
+    // Connect errors in a row, for their backoff; a refusal resets it (the server answered).
+    let mut connect_errors: u32 = 0;
+    let (ws, started) = loop {
+        let begin = Instant::now();
+        let connected = connect(&plan.url, plan.auth.as_ref()).await;
+        if connected.is_ok() {
+            metrics.connected(begin.elapsed());
+        }
+        // The orchestrator waits for every session's first attempt, not for admission.
+        if let Some(settled) = settled.take() {
+            let _ = settled.send(());
+        }
+        let delay = match connected {
+            Ok(connected) => break connected,
+            Err(Outcome::Refused {
+                status,
+                code,
+                retry_after_s,
+            }) if plan.retry && (status == 503 || status == 429) => {
+                metrics.refused_attempt(status, &code);
+                connect_errors = 0;
+                retry::after_refusal(retry_after_s)
+            }
+            Err(Outcome::ConnectError(_)) if plan.retry => {
+                metrics.connect_error_retried();
+                connect_errors = connect_errors.saturating_add(1);
+                retry::after_connect_error(connect_errors - 1)
+            }
+            Err(outcome) => return outcome,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop_requested(&mut stop) => return Outcome::NotAdmitted,
+        }
     };
+    metrics.stream_began(std::time::Instant::now());
     let exchange = exchange(ws, &started, plan, metrics, state, stop.clone());
-    tokio::select! {
+    let outcome = tokio::select! {
         outcome = exchange => outcome,
         _ = past_deadline(stop) => match state.fatal_code() {
             Some(code) => Outcome::FatalError(code),
             None => Outcome::NoSessionClosed,
         },
-    }
+    };
+    metrics.stream_ended(std::time::Instant::now());
+    outcome
 }
 
 /// The reader's state across the connections of one session.
@@ -392,10 +451,16 @@ async fn connection(
     }
 }
 
-/// Sends chunk `k` at `first + plan.due(k)` (late chunks go out at once, catching up: a
-/// burst, as `MissedTickBehavior::Burst` would; after a resume that resends what the server
-/// did not get) and a ping every `plan.ping_every`, until the stop signal. Gives the sink
-/// back; `Err` if a send failed (the connection is gone).
+/// Sends chunk `k` at `first + plan.due(k)` and a ping every `plan.ping_every`, until the
+/// stop signal. Gives the sink back; `Err` if a send failed (the connection is gone).
+///
+/// Built to cost little per chunk, since it runs 50 times a second per session: one timer,
+/// reset to the next due instant rather than created anew; the stop signal's waiter
+/// registered once, not per chunk; and whatever is due at a wake-up (a ping and its chunk,
+/// or the chunks of a stall being caught up, at most [`MAX_BATCH`]) buffered and written
+/// with one flush, so one system call. Late chunks go out at once, catching up as
+/// `MissedTickBehavior::Burst` would; after a resume that resends what the server did not
+/// get. Every chunk of one flush gets the flush's instant as its send time.
 async fn write_audio(
     mut sink: WsSink,
     plan: &Plan,
@@ -407,42 +472,61 @@ async fn write_audio(
     let chunks = &plan.recording.chunks;
     let bytes_per_frame =
         plan.recording.chunk_bytes() / plan.recording.frames_per_chunk.max(1) as usize;
+    let stopped = stop_requested(&mut stop);
+    tokio::pin!(stopped);
+    let timer = sleep_until(at.first + plan.due(at.k));
+    tokio::pin!(timer);
     loop {
-        if stop.borrow_and_update().is_some() {
-            return (sink, Ok(()));
-        }
         let due = at.first + plan.due(at.k);
+        timer.as_mut().reset(due.min(at.next_ping));
         tokio::select! {
             biased;
-            changed = stop.changed() => {
-                if changed.is_err() {
-                    // The orchestrator is gone: stop as if told to.
-                    return (sink, Ok(()));
-                }
+            // Also when the orchestrator is gone: stop as if told to.
+            _ = &mut stopped => return (sink, Ok(())),
+            _ = &mut timer => {}
+        }
+        let now = Instant::now();
+        if now >= at.next_ping {
+            let id = u64::try_from((now - epoch).as_micros()).unwrap_or(u64::MAX);
+            let ping = Message::text(format!(r#"{{"type":"ping","id":{id}}}"#));
+            if let Err(e) = sink.feed(ping).await {
+                return (
+                    sink,
+                    Err(format!("connection lost while sending a ping: {e}")),
+                );
             }
-            _ = sleep_until(due) => {
-                let mut chunk = chunks[(at.k % chunks.len() as u64) as usize].clone();
-                if at.skip_frames > 0 {
-                    let skip = (at.skip_frames as usize * bytes_per_frame).min(chunk.len());
-                    chunk = chunk.slice(skip..);
-                }
-                if let Err(e) = sink.send(Message::Binary(chunk)).await {
-                    return (sink, Err(format!("connection lost while sending audio: {e}")));
-                }
-                state.ring().push(Instant::now().into_std());
-                state.chunks_sent.fetch_add(1, Relaxed);
-                at.k += 1;
-                at.skip_frames = 0;
+            // Pings are not caught up after a stall: one per interval from now.
+            at.next_ping = (at.next_ping + plan.ping_every).max(now);
+        }
+        let mut batch = 0u64;
+        while batch < MAX_BATCH && at.first + plan.due(at.k + batch) <= now {
+            let k = at.k + batch;
+            let mut chunk = chunks[(k % chunks.len() as u64) as usize].clone();
+            if batch == 0 && at.skip_frames > 0 {
+                let skip = (at.skip_frames as usize * bytes_per_frame).min(chunk.len());
+                chunk = chunk.slice(skip..);
             }
-            _ = sleep_until(at.next_ping) => {
-                let id = u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
-                let ping = Message::text(format!(r#"{{"type":"ping","id":{id}}}"#));
-                if let Err(e) = sink.send(ping).await {
-                    return (sink, Err(format!("connection lost while sending a ping: {e}")));
-                }
-                // Pings are not caught up after a stall: one per interval from now.
-                at.next_ping = (at.next_ping + plan.ping_every).max(Instant::now());
+            if let Err(e) = sink.feed(Message::Binary(chunk)).await {
+                return (
+                    sink,
+                    Err(format!("connection lost while sending audio: {e}")),
+                );
             }
+            batch += 1;
+        }
+        if let Err(e) = sink.flush().await {
+            return (sink, Err(format!("connection lost while sending: {e}")));
+        }
+        if batch > 0 {
+            let sent = Instant::now().into_std();
+            let mut ring = state.ring();
+            for _ in 0..batch {
+                ring.push(sent);
+            }
+            drop(ring);
+            state.chunks_sent.fetch_add(batch, Relaxed);
+            at.k += batch;
+            at.skip_frames = 0;
         }
     }
 }
