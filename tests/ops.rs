@@ -571,6 +571,7 @@ fn metrics_exposition_is_typed_by_the_parser_for_its_declared_format() {
         ("voxrt_mailbox_depth", "gauge"),
         ("voxrt_actor_restarts_total", "counter"),
         ("voxrt_stage_processing_seconds_count", "histogram"),
+        ("voxrt_event_loop_lag_seconds", "gauge"),
     ] {
         assert_eq!(
             m.family_type(name),
