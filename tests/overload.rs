@@ -281,7 +281,7 @@ async fn a_lagging_server_refuses_new_sessions_and_keeps_streaming_admitted_ones
             if ready.status != 200 {
                 return Err(ready.status);
             }
-            try_connect(&server).await.map_err(|r| r.status)
+            try_connect(server).await.map_err(|r| r.status)
         },
         Result::is_ok,
     )

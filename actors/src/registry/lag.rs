@@ -26,7 +26,6 @@
 //!   per admission, `/ready`, `/metrics`) is a pass over `workers` slots.
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -186,24 +185,22 @@ impl Drop for Lease {
 /// Wakes every [`TICK`] and publishes the largest lateness of the last [`WINDOW_TICKS`]
 /// wake-ups. The next wake-up is planned from when this one happened, so one long stall
 /// counts once rather than as a burst of catch-up ticks.
-fn ticker(lease: Lease) -> impl Future<Output = ()> {
-    async move {
-        let mut recent = [0u64; WINDOW_TICKS];
-        let mut next = 0;
-        let mut due = tokio::time::Instant::now() + TICK;
-        loop {
-            tokio::time::sleep_until(due).await;
-            let woke = tokio::time::Instant::now();
-            let late =
-                u64::try_from(woke.saturating_duration_since(due).as_micros()).unwrap_or(u64::MAX);
-            recent[next] = late;
-            next = (next + 1) % WINDOW_TICKS;
-            let slot = lease.slot();
-            slot.window_max_us
-                .store(recent.iter().copied().max().unwrap_or(0), Relaxed);
-            slot.last_tick_us.store(lease.monitor.now_us(), Relaxed);
-            due = woke + TICK;
-        }
+async fn ticker(lease: Lease) {
+    let mut recent = [0u64; WINDOW_TICKS];
+    let mut next = 0;
+    let mut due = tokio::time::Instant::now() + TICK;
+    loop {
+        tokio::time::sleep_until(due).await;
+        let woke = tokio::time::Instant::now();
+        let late =
+            u64::try_from(woke.saturating_duration_since(due).as_micros()).unwrap_or(u64::MAX);
+        recent[next] = late;
+        next = (next + 1) % WINDOW_TICKS;
+        let slot = lease.slot();
+        slot.window_max_us
+            .store(recent.iter().copied().max().unwrap_or(0), Relaxed);
+        slot.last_tick_us.store(lease.monitor.now_us(), Relaxed);
+        due = woke + TICK;
     }
 }
 
