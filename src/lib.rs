@@ -92,6 +92,8 @@ pub(crate) struct AppState {
     workers: usize,
     /// The certificate every TLS listener presents; `None` without `[server.tls]`.
     tls: Option<Arc<tls::CertStore>>,
+    /// The main listener's workers' event-loop lag (the registry reads it at admission).
+    lag: Arc<voxrt_actors::registry::LagMonitor>,
 }
 
 impl AppState {

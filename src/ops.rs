@@ -53,7 +53,9 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Readiness: 503 while draining, at `max_sessions`, or if the registry does not answer.
+/// Readiness: 503 whenever a new session would be refused now, whoever asked (the
+/// registry's one decision, carried by its stats: `shutting_down`, `server_full`,
+/// `memory_budget_exceeded`, `overloaded`), or if the registry does not answer.
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
     let stats = match tokio::time::timeout(REGISTRY_TIMEOUT, state.registry.send(GetStats)).await {
         Ok(Ok(s)) => s,
@@ -62,20 +64,12 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
                 .json(json!({"status": "not_ready", "reason": "registry_unavailable"}))
         }
     };
-    let in_use = stats.sessions_active + stats.sessions_reserved;
-    let reason = if stats.draining {
-        Some("shutting_down")
-    } else if in_use >= stats.max_sessions {
-        Some("at_capacity")
-    } else {
-        None
-    };
-    match reason {
+    match stats.refusal {
         Some(reason) => HttpResponse::ServiceUnavailable()
             .json(json!({"status": "not_ready", "reason": reason})),
         None => HttpResponse::Ok().json(json!({
             "status": "ready",
-            "sessions": in_use,
+            "sessions": stats.sessions_active + stats.sessions_reserved,
             "max_sessions": stats.max_sessions,
         })),
     }
@@ -184,14 +178,19 @@ async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         // prometheus-client writes OpenMetrics 1.0 text (`# EOF`, `# UNIT`), which
         // Prometheus reads as such only when labelled so.
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(with_process_metrics(state.metrics.encode()))
+        .body(with_scrape_time_metrics(
+            state.metrics.encode(),
+            state.lag.lag().as_secs_f64(),
+        ))
 }
 
-/// The registry's exposition with the process-wide metrics (logging is per process, the
-/// registry per server) inserted before its `# EOF`.
-fn with_process_metrics(mut text: String) -> String {
+/// The registry's exposition with the figures read at scrape time inserted before its
+/// `# EOF`: the process-wide ones (logging is per process, the registry per server) and
+/// the event-loop lag, `lag_s` (read from the workers' slots now, not kept as a metric).
+fn with_scrape_time_metrics(mut text: String, lag_s: f64) -> String {
     use prometheus_client::encoding::text::{encode_eof, encode_registry};
     use prometheus_client::metrics::counter::ConstCounter;
+    use prometheus_client::metrics::gauge::ConstGauge;
     if let Some(body) = text.strip_suffix("# EOF\n") {
         text.truncate(body.len());
     }
@@ -200,6 +199,12 @@ fn with_process_metrics(mut text: String) -> String {
         "log_lines_dropped",
         "Log lines not written to log files because their queue (log.queue_lines) was full",
         ConstCounter::new(crate::logging::dropped_lines()),
+    );
+    process.register_with_unit(
+        "event_loop_lag",
+        "Most any HTTP worker's event loop woke late over the last second; over registry.max_lag_ms new sessions get 503 overloaded",
+        prometheus_client::registry::Unit::Seconds,
+        ConstGauge::new(lag_s),
     );
     // Writing to a String cannot fail.
     let _ = encode_registry(&mut text, &process);

@@ -14,7 +14,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 use voxrt_actors::metrics::Metrics;
 use voxrt_actors::processors::ProcessorCatalog;
-use voxrt_actors::registry::{LiveSessions, SessionRegistry, Shutdown};
+use voxrt_actors::registry::{LagMonitor, LiveSessions, SessionRegistry, Shutdown};
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -113,12 +113,14 @@ pub async fn start(
              sessions' worst case; raise the budget or lower the session limits"
         );
     }
-    let registry =
-        SessionRegistry::new(settings.registry, reserve, metrics.clone()).start_supervised();
     let workers = match settings.server.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let lag = LagMonitor::new(workers);
+    let registry = SessionRegistry::new(settings.registry, reserve, metrics.clone())
+        .with_lag_monitor(lag.clone())
+        .start_supervised();
     let grace = Duration::from_secs(settings.server.shutdown_grace_s);
     let state = web::Data::new(AppState {
         current: RwLock::new(Arc::new(Current::new(settings)?)),
@@ -129,6 +131,7 @@ pub async fn start(
         started: Instant::now(),
         workers,
         tls,
+        lag,
     });
     let admin_on_main = admin_listener.is_none();
     let main_state = state.clone();
@@ -136,6 +139,9 @@ pub async fn start(
         Duration::from_millis(state.current().settings.server.request_header_timeout_ms);
     let user_timeout = state.current().settings.server.tcp_user_timeout_s;
     let main = HttpServer::new(move || {
+        // The factory runs on every worker thread: each gets its lag ticker here, once
+        // (sessions run on the worker that accepted them; the admin listener has none).
+        main_state.lag.tick_on_this_thread();
         App::new()
             .app_data(main_state.clone())
             .wrap(cors::middleware(main_state.clone()))

@@ -571,6 +571,7 @@ fn metrics_exposition_is_typed_by_the_parser_for_its_declared_format() {
         ("voxrt_mailbox_depth", "gauge"),
         ("voxrt_actor_restarts_total", "counter"),
         ("voxrt_stage_processing_seconds_count", "histogram"),
+        ("voxrt_event_loop_lag_seconds", "gauge"),
     ] {
         assert_eq!(
             m.family_type(name),
@@ -720,9 +721,10 @@ async fn metrics_parse_with_a_prometheus_parser_and_move_with_sessions() {
 // ---------------------------------------------------------------------------------------------
 
 /// `/health` is 200 `{"status":"ok"}`; `/ready` is 200 until `max_sessions` (1) sessions
-/// are admitted, then 503 `at_capacity`, and 200 again once the session has closed.
+/// are admitted, then 503 `server_full` (the code a client would be refused with), and 200
+/// again once the session has closed.
 #[tokio::test]
-async fn ready_is_503_at_capacity_until_the_session_closes() {
+async fn ready_is_503_server_full_until_the_session_closes() {
     let server = TestServer::start(&[
         ("registry.max_sessions", "1"),
         ("registry.max_sessions_per_ip", "1"),
@@ -739,7 +741,7 @@ async fn ready_is_503_at_capacity_until_the_session_closes() {
     let c = server.connect(S16_16K).await;
     assert_eq!(
         get(server.addr, "/ready").expect(503),
-        json!({"status": "not_ready", "reason": "at_capacity"})
+        json!({"status": "not_ready", "reason": "server_full"})
     );
     assert_eq!(
         get(server.addr, "/health").expect(200),
@@ -752,6 +754,59 @@ async fn ready_is_503_at_capacity_until_the_session_closes() {
         get(server.addr, "/ready").expect(200),
         json!({"status": "ready", "sessions": 0, "max_sessions": 1})
     );
+}
+
+/// `/ready` and admission agree on the memory budget: with a budget that holds a few
+/// sessions' reservations (and `max_sessions` far away), `/ready` is 200 before each of
+/// them is admitted, and 503 `memory_budget_exceeded` exactly when the next client is
+/// refused with that code; once one session has closed both admit again.
+#[tokio::test]
+async fn ready_is_503_memory_budget_exceeded_exactly_when_a_connect_is() {
+    let server = TestServer::start(&[("registry.memory_budget_mb", "16")]);
+    let reserve = server.registry_stats().await.reserve_bytes_per_session;
+    let fits = (16usize << 20) / reserve;
+    assert!(
+        (2..10).contains(&fits),
+        "precondition: 16 MiB holds a few reservations of {reserve} bytes, not {fits}"
+    );
+    let mut clients = Vec::new();
+    for n in 0..fits {
+        assert_eq!(
+            get(server.addr, "/ready").expect(200),
+            json!({"status": "ready", "sessions": n, "max_sessions": 2000})
+        );
+        clients.push(server.connect(S16_16K).await);
+    }
+    assert_eq!(
+        get(server.addr, "/ready").expect(503),
+        json!({"status": "not_ready", "reason": "memory_budget_exceeded"})
+    );
+    let r = refused(&server.url(S16_16K)).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(
+        r.body.as_ref().map(|b| &b["error"]["code"]),
+        Some(&json!("memory_budget_exceeded")),
+        "{r:?}"
+    );
+    let stats = stats(server.addr);
+    assert_eq!(
+        stats["registry"]["refusal"], "memory_budget_exceeded",
+        "{stats}"
+    );
+
+    let (_, code) = clients.pop().expect("a client").stop().await;
+    assert_eq!(code, Some(1000));
+    server
+        .wait_for_stats("one session fewer", |s| {
+            s.sessions_active == fits - 1 && s.sessions_reserved == 0
+        })
+        .await;
+    assert_eq!(get(server.addr, "/ready").expect(200)["status"], "ready");
+    clients.push(server.connect(S16_16K).await);
+    for c in clients {
+        let (_, code) = c.stop().await;
+        assert_eq!(code, Some(1000));
+    }
 }
 
 /// Holds every `process` call until opened; tells the test when a block has arrived.

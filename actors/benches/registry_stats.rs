@@ -66,6 +66,7 @@ fn bench(c: &mut Criterion) {
             idle_timeout_s: 3600,
             sweep_interval_ms: 1000,
             handshake_timeout_s: 60,
+            max_lag_ms: 0,
         };
         let registry = SessionRegistry::new(limits, 1 << 20, Arc::new(Metrics::new())).start();
         let input = InputFormat {

@@ -32,6 +32,10 @@ pub enum AdmissionError {
     /// The server is draining for shutdown.
     #[error("the server is shutting down; connect to another instance")]
     ShuttingDown,
+    /// The server's event loops are behind by more than `max_lag_ms`: one more session
+    /// would make the admitted ones' events later still.
+    #[error("the server is overloaded; retry shortly or connect to another instance")]
+    Overloaded,
     /// No credential, or one that is not valid (`auth`).
     #[error("{0}")]
     Unauthorized(&'static str),
@@ -80,6 +84,7 @@ impl AdmissionError {
             AdmissionError::MemoryBudgetExceeded => "memory_budget_exceeded",
             AdmissionError::TooManySessions { .. } => "too_many_sessions",
             AdmissionError::ShuttingDown => "shutting_down",
+            AdmissionError::Overloaded => "overloaded",
             AdmissionError::Unauthorized(_) => "unauthorized",
             AdmissionError::TokenExpired => "token_expired",
             AdmissionError::AuthRateLimited { .. } => "auth_rate_limited",
@@ -104,6 +109,7 @@ impl AdmissionError {
             | AdmissionError::RateLimited { .. } => 429,
             AdmissionError::ServerFull { .. }
             | AdmissionError::MemoryBudgetExceeded
+            | AdmissionError::Overloaded
             | AdmissionError::ShuttingDown => 503,
             AdmissionError::Internal => 500,
         }
@@ -115,6 +121,8 @@ impl AdmissionError {
             AdmissionError::ServerFull { .. } | AdmissionError::MemoryBudgetExceeded => Some(5),
             AdmissionError::TooManySessions { .. } => Some(10),
             AdmissionError::ShuttingDown => Some(30),
+            // Lag is judged over about a second; a short wait finds out whether it passed.
+            AdmissionError::Overloaded => Some(2),
             AdmissionError::AuthRateLimited { retry_after_s }
             | AdmissionError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
             _ => None,

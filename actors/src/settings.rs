@@ -139,4 +139,8 @@ pub struct RegistryLimits {
     pub sweep_interval_ms: u64,
     /// How long an admitted client has to finish the WebSocket upgrade, in seconds.
     pub handshake_timeout_s: u64,
+    /// The server's own lag (the most any HTTP worker's event loop was behind over the last
+    /// second, see `registry::lag`) above which new sessions get 503 `overloaded`, in
+    /// milliseconds; 0 turns the check off. Sessions already admitted are not touched.
+    pub max_lag_ms: u64,
 }

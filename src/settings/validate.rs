@@ -92,6 +92,17 @@ impl Settings {
             300,
             " s",
         )?;
+        // Below 10 ms, ordinary timer and scheduler jitter would refuse sessions on an
+        // idle server.
+        if r.max_lag_ms != 0 {
+            check(
+                "registry.max_lag_ms",
+                r.max_lag_ms,
+                10,
+                10_000,
+                " ms, or 0 (off)",
+            )?;
+        }
         let l = &self.session;
         check(
             "session.max_binary_frame_bytes",

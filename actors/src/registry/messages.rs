@@ -183,4 +183,11 @@ pub struct RegistryStats {
     pub max_sessions: usize,
     /// Shutting down: admitting nobody.
     pub draining: bool,
+    /// The code a new session would be refused with now, per-client limits aside
+    /// (`shutting_down`, `server_full`, `memory_budget_exceeded`, `overloaded`); `None`
+    /// while one would be admitted. `/ready` is 503 with this as its reason.
+    pub refusal: Option<&'static str>,
+    /// The server's own lag when these stats were taken, ms: the most any HTTP worker's
+    /// event loop was behind over the last second (see `registry::lag`).
+    pub event_loop_lag_ms: u64,
 }

@@ -13,10 +13,20 @@
 //! gets a refusal (`Admit`: 500 `internal_error`) or an empty answer (queries). Sweeps also
 //! drop entries whose session actor is gone without unregistering, so a lost `Unregister`
 //! cannot leak a slot.
+//!
+//! Whether a new session could be admitted right now is decided in one place,
+//! [`SessionRegistry::server_refusal`] (draining, session count, memory budget, the
+//! server's own lag from [`lag::LagMonitor`]): [`Admit`] asks it before the per-client
+//! limits, and [`GetStats`] carries its answer, which `/ready` reports. So readiness and
+//! admission cannot disagree.
 
+pub mod lag;
 mod messages;
 mod queries;
+#[cfg(test)]
+mod tests;
 
+pub use lag::LagMonitor;
 pub use messages::*;
 
 use crate::audio::InputFormat;
@@ -65,6 +75,7 @@ pub struct SessionRegistry {
     metrics: Arc<Metrics>,
     stage: Arc<StageStats>,
     sweep_handle: Option<SpawnHandle>,
+    lag: Arc<LagMonitor>,
 }
 
 impl SessionRegistry {
@@ -86,7 +97,15 @@ impl SessionRegistry {
                 reserve_bytes_per_session: reserve_bytes,
                 ..RegistryStats::default()
             },
+            lag: LagMonitor::disabled(),
         }
+    }
+
+    /// Admission also refuses while `lag` reports more than `max_lag_ms` (503
+    /// `overloaded`). Without it, the registry sees no lag.
+    pub fn with_lag_monitor(mut self, lag: Arc<LagMonitor>) -> Self {
+        self.lag = lag;
+        self
     }
 
     /// Starts the registry under a supervisor on the current arbiter.
@@ -262,19 +281,35 @@ impl Handler<Admit> for SessionRegistry {
 }
 
 impl SessionRegistry {
-    fn admit(&mut self, msg: Admit) -> Result<Uuid, AdmissionError> {
+    /// Why the server would refuse any new session now, whoever asks; `None` if it would
+    /// admit one (per-client limits aside). The one decision behind both [`Admit`] and
+    /// `/ready` (through [`RegistryStats::refusal`]). In order: draining, `max_sessions`,
+    /// the memory budget for one more reservation, then the lag, the only check that is
+    /// not a constant-time count (a pass over the worker slots).
+    pub(crate) fn server_refusal(&self) -> Option<AdmissionError> {
         if self.draining {
-            return self.refuse(AdmissionError::ShuttingDown);
+            return Some(AdmissionError::ShuttingDown);
         }
         let total = self.entries.len();
         if total >= self.limits.max_sessions {
-            return self.refuse(AdmissionError::ServerFull {
+            return Some(AdmissionError::ServerFull {
                 max: self.limits.max_sessions,
             });
         }
         let budget = self.limits.memory_budget_mb.saturating_mul(1 << 20);
         if (total + 1).saturating_mul(self.reserve_bytes) > budget {
-            return self.refuse(AdmissionError::MemoryBudgetExceeded);
+            return Some(AdmissionError::MemoryBudgetExceeded);
+        }
+        let max_lag_ms = self.limits.max_lag_ms;
+        if max_lag_ms > 0 && self.lag.lag() > Duration::from_millis(max_lag_ms) {
+            return Some(AdmissionError::Overloaded);
+        }
+        None
+    }
+
+    fn admit(&mut self, msg: Admit) -> Result<Uuid, AdmissionError> {
+        if let Some(refusal) = self.server_refusal() {
+            return self.refuse(refusal);
         }
         let from_peer = self.per_ip.get(&msg.peer).copied().unwrap_or(0);
         if from_peer >= self.limits.max_sessions_per_ip {

@@ -87,6 +87,8 @@ impl SessionRegistry {
         stats.sessions_reserved = self.entries.len() - live;
         stats.max_sessions = self.limits.max_sessions;
         stats.draining = self.draining;
+        stats.refusal = self.server_refusal().map(|e| e.code());
+        stats.event_loop_lag_ms = u64::try_from(self.lag.lag().as_millis()).unwrap_or(u64::MAX);
         stats
     }
 }

@@ -1,0 +1,111 @@
+//! Admission and the registry's stats agree: for every server-wide cause, the code `Admit`
+//! refuses with is the `refusal` `GetStats` reports (what `/ready` shows), and neither
+//! refuses while the other admits.
+
+use super::*;
+use crate::error::AdmissionError;
+use std::net::Ipv4Addr;
+
+const PEER: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const MIB: usize = 1 << 20;
+
+fn limits() -> RegistryLimits {
+    RegistryLimits {
+        max_sessions: 100,
+        max_sessions_per_ip: 100,
+        memory_budget_mb: 1024,
+        session_ttl_s: 3600,
+        idle_timeout_s: 3600,
+        sweep_interval_ms: 60_000,
+        handshake_timeout_s: 300,
+        max_lag_ms: 20,
+    }
+}
+
+fn start(limits: RegistryLimits, reserve: usize, lag: &Arc<LagMonitor>) -> Addr<SessionRegistry> {
+    SessionRegistry::new(limits, reserve, Arc::new(Metrics::new()))
+        .with_lag_monitor(lag.clone())
+        .start()
+}
+
+/// Asserts the registry would refuse with `code` (or admit, `None`) by both views: stats
+/// first (they change nothing), then an actual `Admit`.
+async fn agree(registry: &Addr<SessionRegistry>, code: Option<&'static str>) {
+    let stats = registry.send(GetStats).await.expect("stats");
+    assert_eq!(stats.refusal, code, "{stats:?}");
+    let admitted = registry.send(Admit { peer: PEER }).await.expect("admit");
+    assert_eq!(admitted.err().map(|e: AdmissionError| e.code()), code);
+}
+
+#[actix::test]
+async fn session_count_and_memory_budget() {
+    let lag = LagMonitor::new(1);
+    let full = start(
+        RegistryLimits {
+            max_sessions: 2,
+            ..limits()
+        },
+        MIB,
+        &lag,
+    );
+    agree(&full, None).await;
+    agree(&full, None).await;
+    agree(&full, Some("server_full")).await;
+
+    // 16 MiB holds two reservations of 6 MiB, not a third.
+    let budget = start(
+        RegistryLimits {
+            memory_budget_mb: 16,
+            ..limits()
+        },
+        6 * MIB,
+        &lag,
+    );
+    agree(&budget, None).await;
+    agree(&budget, None).await;
+    agree(&budget, Some("memory_budget_exceeded")).await;
+}
+
+#[actix::test]
+async fn lag_over_the_bound_refuses_until_it_falls() {
+    let lag = LagMonitor::new(1);
+    let registry = start(limits(), MIB, &lag);
+    let held = lag.hold_lag(Duration::from_millis(20)); // at the bound, not over it
+    agree(&registry, None).await;
+    drop(held);
+    let held = lag.hold_lag(Duration::from_millis(200));
+    agree(&registry, Some("overloaded")).await;
+    let stats = registry.send(GetStats).await.expect("stats");
+    assert!(stats.event_loop_lag_ms >= 200, "{stats:?}");
+    drop(held);
+    agree(&registry, None).await;
+
+    // 0 turns the check off.
+    let off = start(
+        RegistryLimits {
+            max_lag_ms: 0,
+            ..limits()
+        },
+        MIB,
+        &lag,
+    );
+    let _held = lag.hold_lag(Duration::from_millis(200));
+    agree(&off, None).await;
+}
+
+#[actix::test]
+async fn draining_comes_first() {
+    let lag = LagMonitor::new(1);
+    let registry = start(
+        RegistryLimits {
+            max_sessions: 1,
+            ..limits()
+        },
+        MIB,
+        &lag,
+    );
+    let _held = lag.hold_lag(Duration::from_millis(200));
+    agree(&registry, Some("overloaded")).await;
+    registry.send(Shutdown).await.expect("drained");
+    agree(&registry, Some("shutting_down")).await;
+}
