@@ -31,7 +31,8 @@ fn embedded_defaults_are_valid_for_every_profile() {
 }
 
 /// Every profile's memory budget holds its `max_sessions` sessions' worst case, so `/ready`
-/// (at_capacity) and admission (memory_budget_exceeded) agree on where the server is full.
+/// and admission agree on where the server is full (`server_full` before
+/// `memory_budget_exceeded`).
 #[test]
 fn every_profile_budget_reaches_its_max_sessions() {
     let catalog = ProcessorCatalog::with_builtins();
