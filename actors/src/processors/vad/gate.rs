@@ -37,7 +37,9 @@ use super::VAD_FRAME;
 /// Zero frames the detector runs on in full before the gate steps in: the first leaves the
 /// last sample at 0, the 4th fills the 3-frame sample window with zeros (the first zero
 /// frame's first pre-emphasised sample is `-0.97 x` the previous sample), the 6th fills the
-/// 3-frame feature window with the features of silence.
+/// 3-frame feature window with the features of silence. (5 would do with earshot 1.2,
+/// whose analysis window starts with a 0 that hides that one sample; 6 does not depend on
+/// it. At 4 the scores differ: detector.rs's test.)
 pub(super) const SETTLE_FRAMES: u32 = 6;
 
 /// How many frames the detector ran on in full and how many the gate stepped without the

@@ -1,9 +1,11 @@
 //! `vad`: speech segments from the earshot detector.
 //!
 //! - `frame`: the 16 ms frame as the detector hears it (16-bit, quiet noise floor).
+//! - `detector`: earshot's detector with the silence gate in front, a score per frame.
 //! - `gate`: digital silence skips the detector's front end, with identical results.
 //! - `network`: earshot's recurrent network behind a handle the gate can step.
 
+mod detector;
 mod frame;
 mod gate;
 mod network;
@@ -12,9 +14,8 @@ use super::{Processor, SAMPLES_PER_MS};
 use crate::audio::AudioBlock;
 use crate::protocol::{ServerEvent, VadEventKind};
 use crate::settings::VadSettings;
+use detector::GatedDetector;
 use frame::detector_frame;
-use gate::{SilenceGate, Verdict};
-use network::SharedNetwork;
 
 #[doc(hidden)]
 pub use gate::GateCounts;
@@ -42,9 +43,7 @@ enum State {
 /// Digital silence (frames below about -90 dBFS) skips most of the detector's work after
 /// 96 ms (the silence gate, see `gate.rs`); scores and events are the same as without it.
 pub struct VadProcessor {
-    detector: Box<earshot::Detector<SharedNetwork>>,
-    /// The detector's network, for gated frames.
-    network: SharedNetwork,
+    detector: GatedDetector,
     settings: VadSettings,
     frame: Vec<f32>,
     /// Pipeline sample index of `frame[0]`.
@@ -57,7 +56,6 @@ pub struct VadProcessor {
     state: State,
     /// Noise floor generator state (fixed seed: results are reproducible).
     rng: u64,
-    gate: SilenceGate,
 }
 
 impl std::fmt::Debug for VadProcessor {
@@ -65,7 +63,7 @@ impl std::fmt::Debug for VadProcessor {
         f.debug_struct("VadProcessor")
             .field("settings", &self.settings)
             .field("state", &self.state)
-            .field("gate", &self.gate.counts())
+            .field("gate", &self.detector.counts())
             .finish()
     }
 }
@@ -80,11 +78,8 @@ impl VadProcessor {
     /// that compare the two.
     #[doc(hidden)]
     pub fn with_gate(settings: VadSettings, gate: bool) -> Self {
-        let network = SharedNetwork::new();
         Self {
-            gate: SilenceGate::new(gate),
-            detector: earshot::Detector::new_boxed(network.clone()),
-            network,
+            detector: GatedDetector::new(gate),
             settings,
             frame: Vec::with_capacity(VAD_FRAME),
             frame_start: 0,
@@ -98,7 +93,7 @@ impl VadProcessor {
     /// Frames scored in full and gated so far (see [`GateCounts`]).
     #[doc(hidden)]
     pub fn gate_counts(&self) -> GateCounts {
-        self.gate.counts()
+        self.detector.counts()
     }
 
     fn on_frame(&mut self, is_speech: bool, start: u64, events: &mut Vec<ServerEvent>) {
@@ -174,10 +169,7 @@ impl Processor for VadProcessor {
             rest = &rest[take..];
             if self.frame.len() == VAD_FRAME {
                 let frame = detector_frame(&self.frame, &mut self.rng);
-                let score = match self.gate.admit(&frame) {
-                    Verdict::Score => self.detector.predict_i16(&frame),
-                    Verdict::Repeat => self.network.repeat(),
-                };
+                let score = self.detector.score(&frame);
                 let start = self.frame_start;
                 let is_speech = start >= self.warmup_end && score >= self.settings.threshold;
                 self.on_frame(is_speech, start, events);
