@@ -9,6 +9,9 @@
 //! time: after 3,000 frames (48 s) of digital silence the score still depended on the speech
 //! before it (0.11 to 0.29 over the alsa-utils recordings) and the state was still moving.
 //! A frame that skips the network therefore changes the scores of the frames after it.
+//! Nor does a frame's level bound its score: inside a recording a frame below -90 dBFS
+//! scored 0.65 (the state's hangover), and the recordings turned down by 50 dB (loudest
+//! frame about -62 dBFS) still scored up to 0.69, by 60 dB (about -72 dBFS) up to 0.29.
 //! Skipping quiet frames (below -80 dBFS) and feeding the last 16 of them to the network
 //! when the run ends moved speech onsets by one 16 ms frame on the alsa-utils recordings
 //! separated by 1 s of silence, so the gate does not do that.
@@ -29,8 +32,8 @@
 //! recurrent state and the score are the ones the detector would have produced, bit for bit,
 //! whatever the threshold; tests/vad_gate.rs checks the events are identical.
 //!
-//! Quiet noise (room noise from an open microphone, -60 dBFS and up) is not gated: its
-//! frames differ, so the network must see them.
+//! Anything that is not digital silence to 16 bits, even noise at -80 dBFS, is not gated:
+//! its frames differ, so the network must see them.
 
 use super::VAD_FRAME;
 
