@@ -9,6 +9,10 @@
 //!   `Fft` with the same block, earshot on 256-sample frames), so the ratio `ours / raw` is
 //!   the cost of our wrapping: staging, alignment, the VAD's noise floor, the level meter.
 //!
+//! - `vad/speech_with_pauses/*`: [`VadProcessor`] alone on the load generator's audio (the
+//!   eight spoken alsa-utils recordings, each followed by 1 s of digital silence, at 16 kHz),
+//!   with the silence gate on and off.
+//!
 //!   cargo bench -p voxrt-actors --bench hot_path
 //!
 //! Figures and their meaning: docs/benchmarks.md.
@@ -23,14 +27,30 @@ use voxrt_actors::settings::{LevelSettings, VadSettings};
 use voxrt_actors::AudioBlock;
 
 const SPEECH: &str = "/usr/share/sounds/alsa/Front_Center.wav";
+/// The load generator's default recordings (loadgen/src/audio.rs).
+const RECORDINGS: [&str; 8] = [
+    "Front_Center",
+    "Front_Left",
+    "Front_Right",
+    "Rear_Center",
+    "Rear_Left",
+    "Rear_Right",
+    "Side_Left",
+    "Side_Right",
+];
 /// Chunks per measured iteration: 10 s of audio, so per-iteration overhead vanishes and the
 /// VAD sees speech and silence in their natural proportion.
 const CHUNKS: usize = 500;
 
 /// The recording's samples (16-bit mono PCM in a canonical WAV).
 fn speech_i16() -> Vec<i16> {
+    wav_i16(SPEECH)
+}
+
+/// A canonical 16-bit mono WAV's samples.
+fn wav_i16(path: &str) -> Vec<i16> {
     let bytes =
-        std::fs::read(SPEECH).expect("alsa-utils speech recording (apt-get install alsa-utils)");
+        std::fs::read(path).expect("alsa-utils speech recording (apt-get install alsa-utils)");
     let data = bytes
         .windows(4)
         .position(|w| w == b"data")
@@ -177,6 +197,60 @@ impl Raw {
     }
 }
 
+/// The load generator's audio at 16 kHz in 20 ms pipeline blocks: each recording (48 kHz,
+/// through our resampler) followed by 1 s of digital silence; about 20 s, 40 % silence.
+fn speech_with_pauses() -> Vec<AudioBlock> {
+    let mut audio = Vec::new();
+    for name in RECORDINGS {
+        let mono: Vec<f32> = wav_i16(&format!("/usr/share/sounds/alsa/{name}.wav"))
+            .into_iter()
+            .map(|s| f32::from(s) / 32768.0)
+            .collect();
+        let mut resampler = StreamResampler::new(48_000).expect("resampler");
+        resampler.process(&mono, &mut audio).expect("resample");
+        resampler.flush(&mut audio).expect("resample");
+        audio.resize(audio.len() + 16_000, 0.0);
+    }
+    audio
+        .chunks(320)
+        .enumerate()
+        .map(|(i, block)| AudioBlock {
+            samples: Arc::from(block),
+            start: i as u64 * 320,
+            received: None,
+        })
+        .collect()
+}
+
+/// The VAD alone, silence gate on and off; per 20 ms block.
+fn bench_vad(c: &mut Criterion) {
+    let blocks = speech_with_pauses();
+    let settings = VadSettings {
+        threshold: 0.5,
+        silence_ms: 500,
+        min_speech_ms: 100,
+    };
+    let mut group = c.benchmark_group("vad");
+    group.throughput(Throughput::Elements(blocks.len() as u64));
+    for (name, gate) in [
+        ("speech_with_pauses/gate_on", true),
+        ("speech_with_pauses/gate_off", false),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || (VadProcessor::with_gate(settings, gate), Vec::new()),
+                |(vad, events)| {
+                    for block in &blocks {
+                        vad.process(block, events);
+                    }
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    group.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("per_20ms_chunk");
     // One iteration is CHUNKS chunks; report per chunk.
@@ -202,5 +276,5 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, bench_vad);
 criterion_main!(benches);

@@ -1,9 +1,24 @@
 //! `vad`: speech segments from the earshot detector.
+//!
+//! - `frame`: the 16 ms frame as the detector hears it (16-bit, quiet noise floor).
+//! - `detector`: earshot's detector with the silence gate in front, a score per frame.
+//! - `gate`: digital silence skips the detector's front end, with identical results.
+//! - `network`: earshot's recurrent network behind a handle the gate can step.
+
+mod detector;
+mod frame;
+mod gate;
+mod network;
 
 use super::{Processor, SAMPLES_PER_MS};
 use crate::audio::AudioBlock;
 use crate::protocol::{ServerEvent, VadEventKind};
 use crate::settings::VadSettings;
+use detector::GatedDetector;
+use frame::detector_frame;
+
+#[doc(hidden)]
+pub use gate::GateCounts;
 
 /// earshot's frame: 256 samples (16 ms) at 16 kHz.
 pub const VAD_FRAME: usize = 256;
@@ -24,8 +39,11 @@ enum State {
 /// where the burst began) and `speech_end` once `silence_ms` of silence follows (with `t_ms`
 /// where the last speech frame ended), or at flush. All positions are pipeline samples, so
 /// times are on the input audio timeline, exact to one 16 ms frame.
+///
+/// Digital silence (frames below about -90 dBFS) skips most of the detector's work after
+/// 96 ms (the silence gate, see `gate.rs`); scores and events are the same as without it.
 pub struct VadProcessor {
-    detector: Box<earshot::Detector>,
+    detector: GatedDetector,
     settings: VadSettings,
     frame: Vec<f32>,
     /// Pipeline sample index of `frame[0]`.
@@ -45,6 +63,7 @@ impl std::fmt::Debug for VadProcessor {
         f.debug_struct("VadProcessor")
             .field("settings", &self.settings)
             .field("state", &self.state)
+            .field("gate", &self.detector.counts())
             .finish()
     }
 }
@@ -52,8 +71,15 @@ impl std::fmt::Debug for VadProcessor {
 impl VadProcessor {
     /// A detector with fresh state; its first [`VAD_WARMUP_MS`] are masked.
     pub fn new(settings: VadSettings) -> Self {
+        Self::with_gate(settings, true)
+    }
+
+    /// As [`new`](Self::new), with the silence gate on or off: for the tests and benchmarks
+    /// that compare the two.
+    #[doc(hidden)]
+    pub fn with_gate(settings: VadSettings, gate: bool) -> Self {
         Self {
-            detector: earshot::Detector::default_boxed(),
+            detector: GatedDetector::new(gate),
             settings,
             frame: Vec::with_capacity(VAD_FRAME),
             frame_start: 0,
@@ -62,6 +88,12 @@ impl VadProcessor {
             state: State::Silence,
             rng: 0x9E37_79B9_7F4A_7C15,
         }
+    }
+
+    /// Frames scored in full and gated so far (see [`GateCounts`]).
+    #[doc(hidden)]
+    pub fn gate_counts(&self) -> GateCounts {
+        self.detector.counts()
     }
 
     fn on_frame(&mut self, is_speech: bool, start: u64, events: &mut Vec<ServerEvent>) {
@@ -117,36 +149,6 @@ impl VadProcessor {
     }
 }
 
-/// Level of the noise floor added to each frame before detection, relative to the frame's
-/// own RMS (-40 dB).
-const NOISE_FLOOR: f32 = 0.01;
-
-/// The frame as the detector should see it: 16-bit PCM (earshot's model works at that scale;
-/// rounding and saturating also clamps resampler overshoot past full scale, which its f32
-/// entry point rejects) with white noise 40 dB below the frame's RMS.
-///
-/// Why the noise: audio from a narrowband client (8 kHz input has nothing above 4 kHz) reaches
-/// the detector with an exactly empty upper band, and earshot then scored pink noise at
-/// -30 dBFS as speech for seconds. A floor that quiet fills the band without changing how
-/// speech scores (measured over the alsa-utils recordings at 8-48 kHz). Digital silence stays
-/// silent. Only the detector sees it; levels and returned audio are untouched.
-fn detector_frame(frame: &[f32], rng: &mut u64) -> [i16; VAD_FRAME] {
-    let energy: f32 = frame.iter().map(|s| s * s).sum();
-    let floor = (energy / VAD_FRAME as f32).sqrt() * NOISE_FLOOR * 3f32.sqrt();
-    let mut out = [0i16; VAD_FRAME];
-    for (o, &s) in out.iter_mut().zip(frame) {
-        // xorshift64: uniform in -1..1 (RMS 1/sqrt(3), hence the factor above).
-        *rng ^= *rng << 13;
-        *rng ^= *rng >> 7;
-        *rng ^= *rng << 17;
-        let white = (*rng >> 40) as f32 / (1u64 << 23) as f32 - 1.0;
-        // `as` saturates at the i16 range; truncation instead of rounding is inaudible to
-        // the detector and avoids a libm call per sample (seen in profiles).
-        *o = ((s + white * floor) * 32768.0) as i16;
-    }
-    out
-}
-
 fn end_event(start: u64, end: u64) -> ServerEvent {
     ServerEvent::Vad {
         event: VadEventKind::SpeechEnd,
@@ -167,7 +169,7 @@ impl Processor for VadProcessor {
             rest = &rest[take..];
             if self.frame.len() == VAD_FRAME {
                 let frame = detector_frame(&self.frame, &mut self.rng);
-                let score = self.detector.predict_i16(&frame);
+                let score = self.detector.score(&frame);
                 let start = self.frame_start;
                 let is_speech = start >= self.warmup_end && score >= self.settings.threshold;
                 self.on_frame(is_speech, start, events);
