@@ -10,7 +10,7 @@ use actix_web::{http::StatusCode, web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use std::time::Duration;
-use voxrt_actors::registry::{GetSession, GetStats, ListSessions};
+use voxrt_actors::registry::{GetSession, GetStats, LagMonitor, ListSessions};
 
 /// How long an endpoint waits for the registry before answering 503.
 const REGISTRY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -178,16 +178,13 @@ async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         // prometheus-client writes OpenMetrics 1.0 text (`# EOF`, `# UNIT`), which
         // Prometheus reads as such only when labelled so.
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(with_scrape_time_metrics(
-            state.metrics.encode(),
-            state.lag.lag().as_secs_f64(),
-        ))
+        .body(with_scrape_time_metrics(state.metrics.encode(), &state.lag))
 }
 
 /// The registry's exposition with the figures read at scrape time inserted before its
 /// `# EOF`: the process-wide ones (logging is per process, the registry per server) and
-/// the event-loop lag, `lag_s` (read from the workers' slots now, not kept as a metric).
-fn with_scrape_time_metrics(mut text: String, lag_s: f64) -> String {
+/// the workers' event-loop lag and load (read from their slots now, not kept as metrics).
+fn with_scrape_time_metrics(mut text: String, lag: &LagMonitor) -> String {
     use prometheus_client::encoding::text::{encode_eof, encode_registry};
     use prometheus_client::metrics::counter::ConstCounter;
     use prometheus_client::metrics::gauge::ConstGauge;
@@ -204,7 +201,13 @@ fn with_scrape_time_metrics(mut text: String, lag_s: f64) -> String {
         "event_loop_lag",
         "Most any HTTP worker's event loop woke late over the last second; over registry.max_lag_ms new sessions get 503 overloaded",
         prometheus_client::registry::Unit::Seconds,
-        ConstGauge::new(lag_s),
+        ConstGauge::new(lag.lag().as_secs_f64()),
+    );
+    process.register_with_unit(
+        "worker_load",
+        "Most loaded HTTP worker's share of the last second spent running or waiting for a CPU; at registry.max_worker_load_pct new sessions get 503 overloaded",
+        prometheus_client::registry::Unit::Ratios,
+        ConstGauge::new(lag.load_permille() as f64 / 1000.0),
     );
     // Writing to a String cannot fail.
     let _ = encode_registry(&mut text, &process);

@@ -1,7 +1,8 @@
 //! Graceful overload through the real server: when its event loops fall behind (a
-//! deliberately slow processor on a one-worker server), new sessions get 503 `overloaded`
-//! with Retry-After and `/ready` says `overloaded`, while the sessions already admitted go
-//! on streaming; once the load is gone, admission resumes.
+//! deliberately slow processor that sleeps, on a one-worker server) or its worker is
+//! saturated (one that spins), new sessions get 503 `overloaded` with Retry-After and
+//! `/ready` says `overloaded`, while the sessions already admitted go on streaming; once
+//! the load is gone, admission resumes.
 //!
 //! Nothing waits on a sleep: the slow processor sleeps (that is the load), the sender is
 //! clocked by the events coming back, and every change of state is polled for with a
@@ -23,9 +24,21 @@ const S16_16K: &str = "sample_rate=16000&channels=1&encoding=pcm_s16le";
 /// for a whole mailbox of blocks at a time, hundreds of ms) and far above the jitter of an
 /// idle loop, so the test decides on the load rather than on the machine.
 const MAX_LAG_MS: u64 = 100;
+/// The load bound under test, percent: far below a worker spinning without pause and far
+/// above an idle one.
+const MAX_LOAD_PCT: u64 = 50;
 /// How long the slow processor holds its thread per block while slow: more than the 20 ms
 /// of audio in a block, so the worker always has more work than time.
 const SLOW_BLOCK: Duration = Duration::from_millis(30);
+
+/// How the slow processor holds its thread.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Hold {
+    /// Sleeps: the loop is blocked, off the CPU. The lag shows it (`max_lag_ms`).
+    Sleeps,
+    /// Spins: the worker is saturated. Its load shows it (`max_worker_load_pct`).
+    Spins,
+}
 /// Audio per chunk sent, ms.
 const CHUNK_MS: u64 = 20;
 /// Audio a slow session's client keeps in flight (sent, not yet reported processed), ms:
@@ -38,12 +51,21 @@ const IN_FLIGHT_MS: u64 = 1000;
 /// its session progress.
 struct SlowProcessor {
     slow: Arc<AtomicBool>,
+    hold: Hold,
 }
 
 impl Processor for SlowProcessor {
     fn process(&mut self, block: &AudioBlock, events: &mut Vec<ServerEvent>) {
         if self.slow.load(Ordering::Relaxed) {
-            std::thread::sleep(SLOW_BLOCK);
+            match self.hold {
+                Hold::Sleeps => std::thread::sleep(SLOW_BLOCK),
+                Hold::Spins => {
+                    let began = std::time::Instant::now();
+                    while began.elapsed() < SLOW_BLOCK {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
         }
         let end_ms = (block.start + block.samples.len() as u64) / 16;
         events.push(ServerEvent::Custom(
@@ -54,17 +76,27 @@ impl Processor for SlowProcessor {
     fn flush(&mut self, _end_sample: u64, _events: &mut Vec<ServerEvent>) {}
 }
 
-fn slow_server(slow: &Arc<AtomicBool>) -> TestServer {
+/// A one-worker server whose only processor holds its thread as `hold` says while `slow`
+/// is set, with only the bound that sees that kind of load turned on.
+fn slow_server(slow: &Arc<AtomicBool>, hold: Hold) -> TestServer {
     let mut catalog = ProcessorCatalog::with_builtins();
     let s = slow.clone();
     catalog.register("slow", move |_: &ProcessorContext| {
-        Box::new(SlowProcessor { slow: s.clone() }) as Box<dyn Processor>
+        Box::new(SlowProcessor {
+            slow: s.clone(),
+            hold,
+        }) as Box<dyn Processor>
     });
+    let (lag, load) = match hold {
+        Hold::Sleeps => (MAX_LAG_MS, 0),
+        Hold::Spins => (0, MAX_LOAD_PCT),
+    };
     TestServer::start_with_env(
         &[("VOXRT_PIPELINE__PROCESSORS", "slow")],
         &[
             ("server.workers", "1"),
-            ("registry.max_lag_ms", &MAX_LAG_MS.to_string()),
+            ("registry.max_lag_ms", &lag.to_string()),
+            ("registry.max_worker_load_pct", &load.to_string()),
         ],
         catalog,
     )
@@ -181,8 +213,19 @@ fn sample(text: &str, name_and_labels: &str) -> Option<f64> {
 /// ready and a client is admitted again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_server_refuses_new_sessions_and_keeps_streaming_admitted_ones() {
+    refuses_while_loaded_and_recovers(Hold::Sleeps).await;
+}
+
+/// The same with a processor that spins: the worker's timers stay punctual (tokio polls
+/// them between batches of tasks) but it has no idle time; its load refuses newcomers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_worker_refuses_new_sessions_and_keeps_streaming_admitted_ones() {
+    refuses_while_loaded_and_recovers(Hold::Spins).await;
+}
+
+async fn refuses_while_loaded_and_recovers(hold: Hold) {
     let slow = Arc::new(AtomicBool::new(true));
-    let server = slow_server(&slow);
+    let server = slow_server(&slow, hold);
     let addr = server.addr;
     // Idle: ready, and admitting (polled: a busy machine may hold a fresh loop up once).
     poll_until(
@@ -226,27 +269,37 @@ async fn a_lagging_server_refuses_new_sessions_and_keeps_streaming_admitted_ones
         stream.advances(500).await;
     }
 
-    // Operators see the lag and the refusals.
+    // Operators see the lag (or load) and the refusals.
+    let (field, bound, metric, scale) = match hold {
+        Hold::Sleeps => (
+            "event_loop_lag_ms",
+            MAX_LAG_MS,
+            "voxrt_event_loop_lag_seconds",
+            1000.0,
+        ),
+        Hold::Spins => (
+            "worker_load_pct",
+            MAX_LOAD_PCT,
+            "voxrt_worker_load_ratios",
+            100.0,
+        ),
+    };
     let stats = poll_until(
-        "/v1/stats to show the lag",
+        "/v1/stats to show the lag or load",
         Duration::from_millis(20),
         || async move { get(addr, "/v1/stats").await.expect(200) },
-        |s| s["registry"]["event_loop_lag_ms"].as_u64() > Some(MAX_LAG_MS),
+        |s| s["registry"][field].as_u64() >= Some(bound),
     )
     .await;
     assert!(
         stats["registry"]["refused_total"]["overloaded"].as_u64() >= Some(1),
         "{stats}"
     );
-    assert_eq!(
-        stats["server"]["limits"]["registry"]["max_lag_ms"],
-        MAX_LAG_MS
-    );
     let metrics = poll_until(
-        "/metrics to show the lag",
+        "/metrics to show the lag or load",
         Duration::from_millis(20),
         || async move { get(addr, "/metrics").await.body },
-        |m| sample(m, "voxrt_event_loop_lag_seconds").unwrap_or(0.0) > MAX_LAG_MS as f64 / 1000.0,
+        |m| sample(m, metric).unwrap_or(0.0) >= bound as f64 / scale,
     )
     .await;
     assert!(

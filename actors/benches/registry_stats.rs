@@ -67,6 +67,8 @@ fn bench(c: &mut Criterion) {
             sweep_interval_ms: 1000,
             handshake_timeout_s: 60,
             max_lag_ms: 0,
+            max_new_sessions_per_s: 0,
+            max_worker_load_pct: 0,
         };
         let registry = SessionRegistry::new(limits, 1 << 20, Arc::new(Metrics::new())).start();
         let input = InputFormat {

@@ -143,4 +143,14 @@ pub struct RegistryLimits {
     /// second, see `registry::lag`) above which new sessions get 503 `overloaded`, in
     /// milliseconds; 0 turns the check off. Sessions already admitted are not touched.
     pub max_lag_ms: u64,
+    /// New sessions admitted per second, server-wide, in bursts of as many; more get 503
+    /// `overloaded`. 0 turns the pace off. Why: the lag shows a session's load only once it
+    /// streams, so a connect burst would all be admitted before the lag rose; paced, the
+    /// lag bound stops admission within a second's worth of sessions of where it should.
+    pub max_new_sessions_per_s: u32,
+    /// The most loaded HTTP worker's share of the last second spent running or waiting for
+    /// a CPU (see `registry::lag`), in percent, at or above which new sessions get 503
+    /// `overloaded`; 0 turns the check off. The lag misses a saturated loop: its timers stay
+    /// punctual while its sessions' audio waits unread in socket buffers.
+    pub max_worker_load_pct: u32,
 }

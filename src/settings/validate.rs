@@ -103,6 +103,24 @@ impl Settings {
                 " ms, or 0 (off)",
             )?;
         }
+        if r.max_worker_load_pct != 0 {
+            check(
+                "registry.max_worker_load_pct",
+                r.max_worker_load_pct,
+                10,
+                100,
+                " %, or 0 (off)",
+            )?;
+        }
+        if r.max_new_sessions_per_s != 0 {
+            check(
+                "registry.max_new_sessions_per_s",
+                r.max_new_sessions_per_s,
+                1,
+                100_000,
+                " per second, or 0 (off)",
+            )?;
+        }
         let l = &self.session;
         check(
             "session.max_binary_frame_bytes",

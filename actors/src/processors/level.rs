@@ -121,7 +121,10 @@ mod tests {
             let (sum, peak) = energy_and_peak(s);
             let exact: f64 = s.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
             let max = s.iter().fold(0.0f32, |a, &b| a.max(b.abs()));
-            assert!((f64::from(sum) - exact).abs() <= 1e-5 * exact.max(1.0), "{len}");
+            assert!(
+                (f64::from(sum) - exact).abs() <= 1e-5 * exact.max(1.0),
+                "{len}"
+            );
             assert_eq!(peak, max, "{len}");
         }
     }

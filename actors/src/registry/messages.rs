@@ -190,4 +190,7 @@ pub struct RegistryStats {
     /// The server's own lag when these stats were taken, ms: the most any HTTP worker's
     /// event loop was behind over the last second (see `registry::lag`).
     pub event_loop_lag_ms: u64,
+    /// The most loaded HTTP worker's share of the last second spent running or waiting for
+    /// a CPU, percent (see `registry::lag`; 0 where not measurable).
+    pub worker_load_pct: u64,
 }

@@ -36,8 +36,10 @@ use crate::metrics::{Metrics, ReasonLabel, StageStats};
 use crate::protocol::CloseReason;
 use crate::settings::RegistryLimits;
 use actix::prelude::*;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
+use std::num::NonZeroU32;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,12 +78,21 @@ pub struct SessionRegistry {
     stage: Arc<StageStats>,
     sweep_handle: Option<SpawnHandle>,
     lag: Arc<LagMonitor>,
+    /// `max_new_sessions_per_s`, if on.
+    pace: Option<DefaultDirectRateLimiter>,
+}
+
+/// The admission pace for `limits` (`None` when off).
+fn admission_pace(limits: &RegistryLimits) -> Option<DefaultDirectRateLimiter> {
+    let per_s = NonZeroU32::new(limits.max_new_sessions_per_s)?;
+    Some(RateLimiter::direct(Quota::per_second(per_s)))
 }
 
 impl SessionRegistry {
     /// A registry enforcing `limits`, reserving `reserve_bytes` of the memory budget per
     /// session (the session's worst case; see `SessionConfig::worst_case_bytes`).
     pub fn new(limits: RegistryLimits, reserve_bytes: usize, metrics: Arc<Metrics>) -> Self {
+        let pace = admission_pace(&limits);
         Self {
             limits,
             reserve_bytes,
@@ -98,6 +109,7 @@ impl SessionRegistry {
                 ..RegistryStats::default()
             },
             lag: LagMonitor::disabled(),
+            pace,
         }
     }
 
@@ -304,6 +316,10 @@ impl SessionRegistry {
         if max_lag_ms > 0 && self.lag.lag() > Duration::from_millis(max_lag_ms) {
             return Some(AdmissionError::Overloaded);
         }
+        let max_load = u64::from(self.limits.max_worker_load_pct) * 10;
+        if max_load > 0 && self.lag.load_permille() >= max_load {
+            return Some(AdmissionError::Overloaded);
+        }
         None
     }
 
@@ -316,6 +332,12 @@ impl SessionRegistry {
             return self.refuse(AdmissionError::TooManySessions {
                 max: self.limits.max_sessions_per_ip,
             });
+        }
+        // Last, so only a session that would otherwise be admitted uses up the pace. Not
+        // in `server_refusal`: /ready must not spend a token, and a momentary pace is no
+        // reason to take a replica out of rotation.
+        if self.pace.as_ref().is_some_and(|p| p.check().is_err()) {
+            return self.refuse(AdmissionError::Overloaded);
         }
         let id = Uuid::new_v4();
         self.entries.insert(
@@ -467,6 +489,9 @@ impl Handler<UpdateLimits> for SessionRegistry {
     /// Applies to admissions and sweeps from now on; live sessions are not touched.
     fn handle(&mut self, msg: UpdateLimits, ctx: &mut Self::Context) {
         let sweep_changed = msg.limits.sweep_interval_ms != self.limits.sweep_interval_ms;
+        if msg.limits.max_new_sessions_per_s != self.limits.max_new_sessions_per_s {
+            self.pace = admission_pace(&msg.limits);
+        }
         self.limits = msg.limits;
         self.reserve_bytes = msg.reserve_bytes;
         self.stats.reserve_bytes_per_session = msg.reserve_bytes;

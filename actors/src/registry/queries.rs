@@ -89,6 +89,7 @@ impl SessionRegistry {
         stats.draining = self.draining;
         stats.refusal = self.server_refusal().map(|e| e.code());
         stats.event_loop_lag_ms = u64::try_from(self.lag.lag().as_millis()).unwrap_or(u64::MAX);
+        stats.worker_load_pct = self.lag.load_permille() / 10;
         stats
     }
 }

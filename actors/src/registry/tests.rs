@@ -19,6 +19,8 @@ fn limits() -> RegistryLimits {
         sweep_interval_ms: 60_000,
         handshake_timeout_s: 300,
         max_lag_ms: 20,
+        max_new_sessions_per_s: 0,
+        max_worker_load_pct: 0,
     }
 }
 
@@ -84,6 +86,8 @@ async fn lag_over_the_bound_refuses_until_it_falls() {
     let off = start(
         RegistryLimits {
             max_lag_ms: 0,
+            max_new_sessions_per_s: 0,
+            max_worker_load_pct: 0,
             ..limits()
         },
         MIB,
@@ -108,4 +112,41 @@ async fn draining_comes_first() {
     agree(&registry, Some("overloaded")).await;
     registry.send(Shutdown).await.expect("drained");
     agree(&registry, Some("shutting_down")).await;
+}
+
+/// The admission pace: a burst beyond `max_new_sessions_per_s` is refused `overloaded`
+/// (counted as such), while `/ready` stays ready: a momentary pace is no reason to take the
+/// replica out of rotation, and asking for stats spends no admission.
+#[actix::test]
+async fn admission_pace_refuses_a_burst_without_turning_ready_off() {
+    let lag = LagMonitor::new(1);
+    let registry = start(
+        RegistryLimits {
+            max_new_sessions_per_s: 3,
+            ..limits()
+        },
+        MIB,
+        &lag,
+    );
+    for _ in 0..10 {
+        let stats = registry.send(GetStats).await.expect("stats");
+        assert_eq!(stats.refusal, None, "{stats:?}");
+    }
+    let mut admitted = 0;
+    let mut overloaded = 0;
+    for _ in 0..30 {
+        match registry.send(Admit { peer: PEER }).await.expect("admit") {
+            Ok(_) => admitted += 1,
+            Err(e) => {
+                assert_eq!(e.code(), "overloaded");
+                overloaded += 1;
+            }
+        }
+    }
+    // A burst of 3 goes through at once; tokens come back at 3 a second, so only 30
+    // attempts spread over 10 s could all be admitted.
+    assert!(admitted >= 3 && overloaded >= 1, "{admitted} {overloaded}");
+    let stats = registry.send(GetStats).await.expect("stats");
+    assert_eq!(stats.refusal, None, "{stats:?}");
+    assert_eq!(stats.refused_total.get("overloaded"), Some(&overloaded));
 }
