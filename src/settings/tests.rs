@@ -10,14 +10,18 @@ fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
+/// The admin and client credential hashes the production profile requires.
+fn credentials() -> HashMap<String, String> {
+    let hash = "ab".repeat(32);
+    env(&[
+        ("VOXRT_ADMIN__TOKEN_SHA256", &hash),
+        ("VOXRT_AUTH__API_KEYS_SHA256", &hash),
+    ])
+}
+
 #[test]
 fn embedded_defaults_are_valid_for_every_profile() {
     let catalog = ProcessorCatalog::with_builtins();
-    let hash = "ab".repeat(32);
-    let token = [
-        ("VOXRT_ADMIN__TOKEN_SHA256", &*hash),
-        ("VOXRT_AUTH__API_KEYS_SHA256", &*hash),
-    ];
     for profile in [
         None,
         Some("bench"),
@@ -25,7 +29,7 @@ fn embedded_defaults_are_valid_for_every_profile() {
         Some("production"),
         Some("test"),
     ] {
-        let s = Settings::load_from(profile, &env(&token), &[]).unwrap();
+        let s = Settings::load_from(profile, &credentials(), &[]).unwrap();
         s.validate(&catalog).unwrap();
     }
 }
@@ -36,13 +40,8 @@ fn embedded_defaults_are_valid_for_every_profile() {
 #[test]
 fn every_profile_budget_reaches_its_max_sessions() {
     let catalog = ProcessorCatalog::with_builtins();
-    let hash = "ab".repeat(32);
-    let token = [
-        ("VOXRT_ADMIN__TOKEN_SHA256", &*hash),
-        ("VOXRT_AUTH__API_KEYS_SHA256", &*hash),
-    ];
     for profile in [None, Some("bench"), Some("development"), Some("production")] {
-        let s = Settings::load_from(profile, &env(&token), &[]).unwrap();
+        let s = Settings::load_from(profile, &credentials(), &[]).unwrap();
         let reserve = s.session_worst_case_bytes(&catalog);
         assert!(
             s.registry.max_sessions * reserve <= s.registry.memory_budget_mb << 20,
