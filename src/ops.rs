@@ -206,7 +206,7 @@ fn with_scrape_time_metrics(mut text: String, lag: &LagMonitor) -> String {
     process.register_with_unit(
         "worker_load",
         "Most loaded HTTP worker's share of the last second spent running or waiting for a CPU; at registry.max_worker_load_pct new sessions get 503 overloaded",
-        prometheus_client::registry::Unit::Ratios,
+        prometheus_client::registry::Unit::Other("ratio".to_owned()),
         ConstGauge::new(lag.load_permille() as f64 / 1000.0),
     );
     // Writing to a String cannot fail.

@@ -103,7 +103,7 @@ pub async fn start(
     let tls_config = tls.as_ref().map(CertStore::server_config).transpose()?;
     let metrics = Arc::new(Metrics::new());
     let reserve = settings.session_worst_case_bytes(&catalog);
-    let budget_sessions = (settings.registry.memory_budget_mb << 20) / reserve.max(1);
+    let budget_sessions = settings.registry.budget_sessions(reserve);
     if budget_sessions < settings.registry.max_sessions {
         warn!(
             max_sessions = settings.registry.max_sessions,

@@ -282,7 +282,7 @@ async fn refuses_while_loaded_and_recovers(hold: Hold) {
         Hold::Spins => (
             "worker_load_pct",
             MAX_LOAD_PCT,
-            "voxrt_worker_load_ratios",
+            "voxrt_worker_load_ratio",
             100.0,
         ),
     };

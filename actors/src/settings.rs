@@ -154,3 +154,11 @@ pub struct RegistryLimits {
     /// punctual while its sessions' audio waits unread in socket buffers.
     pub max_worker_load_pct: u32,
 }
+
+impl RegistryLimits {
+    /// How many sessions reserving `reserve_bytes` each fit `memory_budget_mb`: the one
+    /// rule admission (`memory_budget_exceeded`) and the startup check both apply.
+    pub fn budget_sessions(&self, reserve_bytes: usize) -> usize {
+        self.memory_budget_mb.saturating_mul(1 << 20) / reserve_bytes.max(1)
+    }
+}

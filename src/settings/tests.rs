@@ -44,7 +44,7 @@ fn every_profile_budget_reaches_its_max_sessions() {
         let s = Settings::load_from(profile, &credentials(), &[]).unwrap();
         let reserve = s.session_worst_case_bytes(&catalog);
         assert!(
-            s.registry.max_sessions * reserve <= s.registry.memory_budget_mb << 20,
+            s.registry.max_sessions <= s.registry.budget_sessions(reserve),
             "{profile:?}: {} sessions of {reserve} bytes over {} MiB",
             s.registry.max_sessions,
             s.registry.memory_budget_mb

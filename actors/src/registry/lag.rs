@@ -209,13 +209,28 @@ impl Drop for Lease {
     }
 }
 
-/// This thread's time on a CPU plus time runnable and waiting for one since it started, ns.
-fn thread_demand_ns() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let mut fields = text.split_ascii_whitespace().map(str::parse::<u64>);
-    let running = fields.next()?.ok()?;
-    let waiting = fields.next()?.ok()?;
-    Some(running.saturating_add(waiting))
+/// The scheduler statistics of the thread that opened it, kept open: each reading is one
+/// `pread`, not an open, read and close every tick.
+struct ThreadDemand(Option<std::fs::File>);
+
+impl ThreadDemand {
+    /// Opens this thread's statistics (`/proc/thread-self` names the opening thread).
+    fn of_this_thread() -> Self {
+        Self(std::fs::File::open("/proc/thread-self/schedstat").ok())
+    }
+
+    /// The thread's time on a CPU plus time runnable and waiting for one since it started,
+    /// ns; `None` where the file is not readable.
+    fn read(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 128];
+        let n = self.0.as_ref()?.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
+        let mut fields = text.split_ascii_whitespace().map(str::parse::<u64>);
+        let running = fields.next()?.ok()?;
+        let waiting = fields.next()?.ok()?;
+        Some(running.saturating_add(waiting))
+    }
 }
 
 /// Share of the wall time between two `(wall µs, demand ns)` samples the thread was running
@@ -234,7 +249,8 @@ fn load_between(old: (u64, u64), new: (u64, u64)) -> u64 {
 async fn ticker(lease: Lease) {
     let mut recent = [0u64; WINDOW_TICKS];
     // (wall µs, demand ns) at each of the last ticks; the oldest is a window ago.
-    let start = (lease.monitor.now_us(), thread_demand_ns());
+    let stats = ThreadDemand::of_this_thread();
+    let start = (lease.monitor.now_us(), stats.read());
     let mut demand = [start; WINDOW_TICKS];
     let mut next = 0;
     let mut due = tokio::time::Instant::now() + TICK;
@@ -244,7 +260,7 @@ async fn ticker(lease: Lease) {
         let late =
             u64::try_from(woke.saturating_duration_since(due).as_micros()).unwrap_or(u64::MAX);
         recent[next] = late;
-        let now = (lease.monitor.now_us(), thread_demand_ns());
+        let now = (lease.monitor.now_us(), stats.read());
         let oldest = demand[(next + 1) % WINDOW_TICKS];
         demand[next] = now;
         next = (next + 1) % WINDOW_TICKS;
@@ -289,14 +305,15 @@ mod tests {
     /// per mille of wall time.
     #[test]
     fn a_busy_thread_reads_as_loaded() {
-        let Some(before) = thread_demand_ns() else {
+        let stats = ThreadDemand::of_this_thread();
+        let Some(before) = stats.read() else {
             return; // Not Linux: documented to read 0.
         };
         let wall = Instant::now();
         while wall.elapsed() < Duration::from_millis(300) {
             std::hint::spin_loop();
         }
-        let after = thread_demand_ns().expect("readable");
+        let after = stats.read().expect("readable");
         let wall_us = wall.elapsed().as_micros() as u64;
         let load = load_between((0, before), (wall_us, after));
         assert!(load >= 900, "{load}");
