@@ -105,6 +105,17 @@ pub struct SessionLimits {
     pub resume_buffer_bytes: usize,
 }
 
+impl SessionLimits {
+    /// Bytes of events a session holds for replay: `resume_buffer_bytes` with resume on,
+    /// none with it off (nothing could ever be replayed).
+    pub fn replay_buffer_bytes(&self) -> usize {
+        match self.resume_window_s {
+            0 => 0,
+            _ => self.resume_buffer_bytes,
+        }
+    }
+}
+
 /// Everything a session needs from the server's settings, shared by all sessions.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {

@@ -73,8 +73,11 @@ impl Resampler {
             metrics: probes.metrics,
             format,
             dsp,
-            mono: Vec::with_capacity(DECODE_STEP_FRAMES),
-            out: Vec::with_capacity(MAX_BLOCK_SAMPLES + DECODE_STEP_FRAMES * 2),
+            // Grown by the first chunks to what this client's chunk size needs, then reused:
+            // sizing them for the largest step (4,096 frames at 8 kHz) would hold 55 KiB per
+            // session that 20 ms chunks never use.
+            mono: Vec::new(),
+            out: Vec::new(),
             processors,
             sink,
             return_audio,

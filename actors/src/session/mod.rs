@@ -157,7 +157,7 @@ impl Session {
             }
         };
         let session = Session {
-            outbox: Outbox::new(config.limits.resume_buffer_bytes),
+            outbox: Outbox::new(config.limits.replay_buffer_bytes()),
             span: tracing::info_span!("session", id = %id),
             stage: metrics.stage("session", config.pipeline.mailbox_capacity.get()),
             timing: TimingSampler::default(),
@@ -215,7 +215,7 @@ impl Session {
         // Kept before it is sent: sending may detach a slow reader and sequence an error
         // after it, which must follow it in the outbox too.
         let attached = self.attached.is_some();
-        if seq > 0 && self.outbox.keep(seq, text.clone(), attached).is_err() {
+        if seq > 0 && self.outbox.keep(seq, &text, attached).is_err() {
             self.span.in_scope(|| {
                 warn!(
                     bytes = self.outbox.bytes(),

@@ -11,11 +11,21 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 /// Sequenced messages, oldest first, bounded in bytes.
+///
+/// The texts are copied back to back into one ring of bytes, with one length per message:
+/// a level event is about 100 bytes, and holding each as its own allocation (plus a queue
+/// entry) cost half as much again as the text itself. The ring never grows past
+/// `max_bytes`, so a session's replay memory is the configured bound plus 4 bytes per
+/// message held.
 #[derive(Debug)]
 pub struct Outbox {
     next_seq: u64,
-    held: VecDeque<(u64, Arc<str>)>,
-    bytes: usize,
+    /// The held messages' text, oldest first.
+    text: VecDeque<u8>,
+    /// Each held message's length in bytes, oldest first; the held `seq`s are contiguous
+    /// from `first_seq`.
+    lens: VecDeque<u32>,
+    first_seq: u64,
     max_bytes: usize,
     /// The highest `seq` no longer held (a resume after it cannot be replayed fully).
     let_go_through: u64,
@@ -30,8 +40,9 @@ impl Outbox {
     pub fn new(max_bytes: usize) -> Self {
         Self {
             next_seq: 0,
-            held: VecDeque::new(),
-            bytes: 0,
+            text: VecDeque::new(),
+            lens: VecDeque::new(),
+            first_seq: 1,
             max_bytes,
             let_go_through: 0,
         }
@@ -44,24 +55,55 @@ impl Outbox {
         (seq, Arc::from(event.to_json_with_seq(seq)))
     }
 
-    /// Keeps a sequenced message for replay. While `attached`, the oldest messages make
-    /// room (the connection has taken them); while detached nothing may be let go, so a
-    /// message that does not fit is an [`Overflow`].
-    pub fn keep(&mut self, seq: u64, text: Arc<str>, attached: bool) -> Result<(), Overflow> {
+    /// Keeps a copy of a sequenced message for replay. While `attached`, the oldest
+    /// messages make room (the connection has taken them); while detached nothing may be
+    /// let go, so a message that does not fit is an [`Overflow`].
+    pub fn keep(&mut self, seq: u64, text: &str, attached: bool) -> Result<(), Overflow> {
         let len = text.len();
-        if !attached && self.bytes + len > self.max_bytes {
+        if !attached && self.text.len() + len > self.max_bytes {
             return Err(Overflow);
         }
-        self.held.push_back((seq, text));
-        self.bytes += len;
-        while self.bytes > self.max_bytes {
-            let Some((seq, text)) = self.held.pop_front() else {
-                break;
-            };
-            self.bytes -= text.len();
-            self.let_go_through = seq;
+        if !self.lens.is_empty() && seq != self.first_seq + self.lens.len() as u64 {
+            // Not the next one (every sequenced message is kept, so this does not happen):
+            // what is held could not be replayed in order with it.
+            self.let_go_front(self.lens.len());
+            self.let_go_through = seq - 1;
         }
+        if len > self.max_bytes {
+            self.let_go_front(self.lens.len());
+            self.let_go_through = seq;
+            return Ok(());
+        }
+        let mut room = self.max_bytes - self.text.len();
+        let mut oldest = 0;
+        while room < len {
+            room += self.lens[oldest] as usize;
+            oldest += 1;
+        }
+        self.let_go_front(oldest);
+        if self.lens.is_empty() {
+            self.first_seq = seq;
+        }
+        // Grown by doubling up to the bound, never past it.
+        let needed = self.text.len() + len;
+        if needed > self.text.capacity() {
+            let target = needed.max(self.text.capacity() * 2).min(self.max_bytes);
+            self.text.reserve_exact(target - self.text.len());
+        }
+        self.text.extend(text.as_bytes());
+        self.lens.push_back(len as u32);
         Ok(())
+    }
+
+    /// Lets the `n` oldest held messages go.
+    fn let_go_front(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let bytes: usize = self.lens.drain(..n).map(|l| l as usize).sum();
+        self.text.drain(..bytes);
+        self.first_seq += n as u64;
+        self.let_go_through = self.first_seq - 1;
     }
 
     /// The last `seq` given out.
@@ -79,17 +121,24 @@ impl Outbox {
         (self.oldest_resumable()..=self.newest()).contains(&last_seq)
     }
 
-    /// The messages after `last_seq`, in order.
-    pub fn after(&self, last_seq: u64) -> impl Iterator<Item = &Arc<str>> {
-        self.held
-            .iter()
-            .filter(move |(seq, _)| *seq > last_seq)
-            .map(|(_, text)| text)
+    /// The messages after `last_seq`, in order (copied out: replay is rare).
+    pub fn after(&self, last_seq: u64) -> Vec<Arc<str>> {
+        let skip = (last_seq + 1).saturating_sub(self.first_seq) as usize;
+        let mut offset: usize = self.lens.iter().take(skip).map(|&l| l as usize).sum();
+        let mut replay = Vec::with_capacity(self.lens.len().saturating_sub(skip));
+        for &len in self.lens.iter().skip(skip) {
+            let len = len as usize;
+            let bytes: Vec<u8> = self.text.range(offset..offset + len).copied().collect();
+            // Copied from a `&str` in `keep`, whole messages only: always UTF-8.
+            replay.push(Arc::from(String::from_utf8_lossy(&bytes)));
+            offset += len;
+        }
+        replay
     }
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.text.len()
     }
 }
 
@@ -120,7 +169,7 @@ mod tests {
         outbox.sequence(&event(0)); // session.started: not kept
         for n in 1..=10 {
             let (seq, text) = outbox.sequence(&event(n));
-            outbox.keep(seq, text, true).unwrap();
+            outbox.keep(seq, &text, true).unwrap();
         }
         assert!(outbox.bytes() <= 100);
         assert_eq!(outbox.newest(), 10);
@@ -129,7 +178,7 @@ mod tests {
         assert!(!outbox.can_replay_after(oldest - 1));
         assert!(outbox.can_replay_after(oldest));
         assert!(!outbox.can_replay_after(11));
-        let replayed: Vec<_> = outbox.after(oldest).collect();
+        let replayed = outbox.after(oldest);
         assert_eq!(replayed.len() as u64, 10 - oldest);
     }
 
@@ -137,9 +186,47 @@ mod tests {
     fn detached_outbox_refuses_what_does_not_fit() {
         let mut outbox = Outbox::new(40);
         let (seq, text) = outbox.sequence(&event(1));
-        outbox.keep(seq, text, false).unwrap();
+        outbox.keep(seq, &text, false).unwrap();
         let (seq, text) = outbox.sequence(&event(2));
-        assert_eq!(outbox.keep(seq, text, false), Err(Overflow));
+        assert_eq!(outbox.keep(seq, &text, false), Err(Overflow));
         assert!(outbox.can_replay_after(0));
+    }
+
+    #[test]
+    fn ring_replays_exact_texts_after_wrapping_and_stays_within_its_bound() {
+        let mut outbox = Outbox::new(4096);
+        outbox.sequence(&event(0));
+        let mut sent = Vec::new();
+        for n in 1..=2_000 {
+            // Lengths vary so the ring wraps at every offset.
+            let (seq, text) = outbox.sequence(&ServerEvent::Custom(
+                json!({"type": "test", "pad": "x".repeat((n * 7) as usize % 90)}),
+            ));
+            outbox.keep(seq, &text, true).unwrap();
+            sent.push(text);
+            assert!(outbox.bytes() <= 4096);
+            assert!(outbox.text.capacity() <= 4096, "{}", outbox.text.capacity());
+        }
+        let oldest = outbox.oldest_resumable();
+        let replayed = outbox.after(oldest);
+        assert_eq!(replayed[..], sent[oldest as usize..]);
+        let last_ten = outbox.after(outbox.newest() - 10);
+        assert_eq!(last_ten[..], sent[sent.len() - 10..]);
+        assert!(outbox.after(outbox.newest()).is_empty());
+    }
+
+    #[test]
+    fn a_message_larger_than_the_bound_is_sent_but_not_held() {
+        let mut outbox = Outbox::new(64);
+        let (seq, text) = outbox.sequence(&event(1));
+        outbox.keep(seq, &text, true).unwrap();
+        let (seq, text) = outbox.sequence(&ServerEvent::Custom(json!({"pad": "x".repeat(100)})));
+        outbox.keep(seq, &text, true).unwrap();
+        assert_eq!(outbox.bytes(), 0);
+        assert_eq!(outbox.oldest_resumable(), seq);
+        assert!(!outbox.can_replay_after(seq - 1));
+        let (seq, text) = outbox.sequence(&event(3));
+        outbox.keep(seq, &text, true).unwrap();
+        assert_eq!(outbox.after(seq - 1), vec![text]);
     }
 }

@@ -160,7 +160,7 @@ impl Handler<Attach> for Session {
             self.let_go(ctx, close_code::TAKEN_OVER, Some("session_taken_over"));
         }
         let frames = self.attach(ctx, msg.connection);
-        let replay: Vec<_> = self.outbox.after(req.last_seq).cloned().collect();
+        let replay = self.outbox.after(req.last_seq);
         let rate = u64::from(self.params.input.sample_rate.max(1));
         let resumed = ServerEvent::SessionResumed {
             session_id: self.id,
