@@ -100,7 +100,8 @@ pub struct SessionLimits {
     /// seconds; 0 turns resume off (a lost connection then ends the session).
     pub resume_window_s: u64,
     /// Bytes of sequenced events a session keeps for replay on resume. While attached the
-    /// oldest are let go beyond it; while detached, overflowing it ends the session with
+    /// oldest are let go beyond it; while detached too, except those kept since the
+    /// detach: when they alone overflow it, the session ends with
     /// `resume_buffer_overflow`.
     pub resume_buffer_bytes: usize,
 }

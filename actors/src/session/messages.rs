@@ -27,7 +27,7 @@ pub enum EndReason {
     HeartbeatTimeout,
     /// Detached, and nobody resumed it within `resume_window_s`.
     ResumeExpired,
-    /// Detached, and its events overflowed `resume_buffer_bytes`.
+    /// Detached, and the events since overflowed `resume_buffer_bytes`.
     ResumeBufferOverflow,
     /// Admitted, but the WebSocket upgrade never completed in `handshake_timeout_s`.
     HandshakeTimeout,

@@ -219,7 +219,7 @@ impl Session {
             self.span.in_scope(|| {
                 warn!(
                     bytes = self.outbox.bytes(),
-                    "detached session's events overflowed resume_buffer_bytes; ending it"
+                    "events since the detach overflowed resume_buffer_bytes; ending the session"
                 )
             });
             return self.end(ctx, EndReason::ResumeBufferOverflow);

@@ -26,6 +26,9 @@ pub struct Outbox {
     /// from `first_seq`.
     lens: VecDeque<u32>,
     first_seq: u64,
+    /// The first `seq` kept while detached: from it on nothing may be let go (the client
+    /// cannot have it). `None` while attached.
+    detached_from: Option<u64>,
     max_bytes: usize,
     /// The highest `seq` no longer held (a resume after it cannot be replayed fully).
     let_go_through: u64,
@@ -43,6 +46,7 @@ impl Outbox {
             text: VecDeque::new(),
             lens: VecDeque::new(),
             first_seq: 1,
+            detached_from: None,
             max_bytes,
             let_go_through: 0,
         }
@@ -55,14 +59,28 @@ impl Outbox {
         (seq, Arc::from(event.to_json_with_seq(seq)))
     }
 
-    /// Keeps a copy of a sequenced message for replay. While `attached`, the oldest
-    /// messages make room (the connection has taken them); while detached nothing may be
-    /// let go, so a message that does not fit is an [`Overflow`].
+    /// Keeps a copy of a sequenced message for replay. The oldest messages make room, but
+    /// never those kept since the session was detached (its client cannot have them): when
+    /// those alone do not fit, that is an [`Overflow`] and nothing changes.
     pub fn keep(&mut self, seq: u64, text: &str, attached: bool) -> Result<(), Overflow> {
         let len = text.len();
-        if !attached && self.text.len() + len > self.max_bytes {
-            return Err(Overflow);
+        let detached_from = match attached {
+            true => None,
+            false => Some(self.detached_from.unwrap_or(seq)),
+        };
+        if let Some(from) = detached_from {
+            let mut room = self.max_bytes.saturating_sub(self.text.len());
+            for (i, &l) in self.lens.iter().enumerate() {
+                if room >= len || self.first_seq + i as u64 >= from {
+                    break;
+                }
+                room += l as usize;
+            }
+            if room < len {
+                return Err(Overflow);
+            }
         }
+        self.detached_from = detached_from;
         if !self.lens.is_empty() && seq != self.first_seq + self.lens.len() as u64 {
             // Not the next one (every sequenced message is kept, so this does not happen):
             // what is held could not be replayed in order with it.
@@ -180,6 +198,35 @@ mod tests {
         assert!(!outbox.can_replay_after(11));
         let replayed = outbox.after(oldest);
         assert_eq!(replayed.len() as u64, 10 - oldest);
+    }
+
+    #[test]
+    fn detached_outbox_lets_go_what_was_sent_before_but_nothing_kept_since() {
+        let mut outbox = Outbox::new(100);
+        let seq_text = |outbox: &mut Outbox, n| outbox.sequence(&event(n));
+        seq_text(&mut outbox, 0);
+        for n in 1..=6 {
+            let (seq, text) = seq_text(&mut outbox, n);
+            outbox.keep(seq, &text, true).unwrap();
+        }
+        let before = outbox.oldest_resumable();
+        // Detached: the events sent before make room for the new ones...
+        let (seq, first_detached) = seq_text(&mut outbox, 7);
+        outbox.keep(seq, &first_detached, false).unwrap();
+        assert!(outbox.oldest_resumable() > before);
+        // ...until only events kept while detached are left.
+        let mut kept = 1;
+        loop {
+            let (seq, text) = seq_text(&mut outbox, 7 + kept);
+            let held = outbox.bytes();
+            if outbox.keep(seq, &text, false).is_err() {
+                assert_eq!(outbox.bytes(), held, "a refused keep changes nothing");
+                break;
+            }
+            kept += 1;
+        }
+        assert!(outbox.can_replay_after(seq - 1));
+        assert_eq!(outbox.after(seq - 1)[0], first_detached);
     }
 
     #[test]
