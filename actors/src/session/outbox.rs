@@ -63,54 +63,56 @@ impl Outbox {
     /// never those kept since the session was detached (its client cannot have them): when
     /// those alone do not fit, that is an [`Overflow`] and nothing changes.
     pub fn keep(&mut self, seq: u64, text: &str, attached: bool) -> Result<(), Overflow> {
-        let len = text.len();
+        debug_assert!(
+            self.lens.is_empty() || seq == self.first_seq + self.lens.len() as u64,
+            "every sequenced message after session.started is kept, in order"
+        );
         let detached_from = match attached {
             true => None,
             false => Some(self.detached_from.unwrap_or(seq)),
         };
-        if let Some(from) = detached_from {
-            let mut room = self.max_bytes.saturating_sub(self.text.len());
-            for (i, &l) in self.lens.iter().enumerate() {
-                if room >= len || self.first_seq + i as u64 >= from {
-                    break;
-                }
-                room += l as usize;
-            }
-            if room < len {
+        let may_go = detached_from.map_or(self.lens.len(), |from| {
+            (from.saturating_sub(self.first_seq) as usize).min(self.lens.len())
+        });
+        let Some(going) = self.to_let_go(text.len(), may_go) else {
+            if !attached {
                 return Err(Overflow);
             }
-        }
-        self.detached_from = detached_from;
-        if !self.lens.is_empty() && seq != self.first_seq + self.lens.len() as u64 {
-            // Not the next one (every sequenced message is kept, so this does not happen):
-            // what is held could not be replayed in order with it.
-            self.let_go_front(self.lens.len());
-            self.let_go_through = seq - 1;
-        }
-        if len > self.max_bytes {
+            // Larger than the whole bound: sent, but never held.
+            self.detached_from = None;
             self.let_go_front(self.lens.len());
             self.let_go_through = seq;
             return Ok(());
-        }
-        let mut room = self.max_bytes - self.text.len();
-        let mut oldest = 0;
-        while room < len {
-            room += self.lens[oldest] as usize;
-            oldest += 1;
-        }
-        self.let_go_front(oldest);
+        };
+        self.detached_from = detached_from;
+        self.let_go_front(going);
         if self.lens.is_empty() {
             self.first_seq = seq;
         }
         // Grown by doubling up to the bound, never past it.
-        let needed = self.text.len() + len;
+        let needed = self.text.len() + text.len();
         if needed > self.text.capacity() {
             let target = needed.max(self.text.capacity() * 2).min(self.max_bytes);
             self.text.reserve_exact(target - self.text.len());
         }
         self.text.extend(text.as_bytes());
-        self.lens.push_back(len as u32);
+        self.lens.push_back(text.len() as u32);
         Ok(())
+    }
+
+    /// How many of the oldest messages (at most `may_go` of them) must go for `len` more
+    /// bytes to fit the bound; `None` when even that is not enough.
+    fn to_let_go(&self, len: usize, may_go: usize) -> Option<usize> {
+        let mut room = self.max_bytes.saturating_sub(self.text.len());
+        let mut going = 0;
+        while room < len {
+            if going == may_go {
+                return None;
+            }
+            room += self.lens[going] as usize;
+            going += 1;
+        }
+        Some(going)
     }
 
     /// Lets the `n` oldest held messages go.
