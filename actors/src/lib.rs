@@ -3,9 +3,10 @@
 //! # Layout
 //! Layers, each importing only those above it in this list (no import circles):
 //! - [`audio`]: formats, decoding, the streaming resampler and [`AudioBlock`] (plain DSP,
-//!   no actors). Beside it, leaves every layer may use: [`protocol`] (wire types),
-//!   [`error`] (errors with stable client codes), [`settings`] (tunables), [`metrics`]
-//!   and [`counters`] (shared statistics).
+//!   no actors); [`transcription`]: offline speech-to-text, the Moonshine C library loaded
+//!   at run time behind a safe API (blocking calls, no actors). Beside them, leaves every
+//!   layer may use: [`protocol`] (wire types), [`error`] (errors with stable client codes),
+//!   [`settings`] (tunables), [`metrics`] and [`counters`] (shared statistics).
 //! - [`processors`]: the `Processor` trait, the catalog, and the built-ins `level` and `vad`.
 //! - [`pipeline`]: a session's stages (resampler, processor stages), their messages, and
 //!   the one bounded sender every hop uses.
@@ -29,6 +30,7 @@ pub mod protocol;
 pub mod registry;
 pub mod session;
 pub mod settings;
+pub mod transcription;
 
 pub use audio::AudioBlock;
 pub use protocol::ServerEvent;
