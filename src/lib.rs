@@ -94,6 +94,8 @@ pub(crate) struct AppState {
     tls: Option<Arc<tls::CertStore>>,
     /// The main listener's workers' event-loop lag (the registry reads it at admission).
     lag: Arc<voxrt_actors::registry::LagMonitor>,
+    /// The transcription threads, when `stt` was loaded at startup (`/v1/stats`).
+    stt: Option<Arc<voxrt_actors::processors::stt::TranscriptionPool>>,
 }
 
 impl AppState {

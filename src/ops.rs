@@ -131,6 +131,7 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         },
         "registry": registry,
         "actors": state.metrics.stages(),
+        "stt": state.stt.as_ref().map(|pool| pool.snapshot()),
         "sessions": sessions,
     }))
 }

@@ -4,7 +4,9 @@
 //! allowed origins apply to sessions admitted from now on (per-address rate limits start
 //! afresh); live sessions keep the configuration they started with. Settings that need a new
 //! listener, worker pool or log file (`server.*`, `admin.bind`, `log.format`, `log.file` and
-//! the other file keys) keep their running values and the log says so. With `[server.tls]`,
+//! the other file keys) and `[stt]` (its threads and model load at startup) keep their
+//! running values and the log says so; `stt` cannot be added to `pipeline.processors` by a
+//! reload when it was off at startup. With `[server.tls]`,
 //! the certificate and key are read again from the same files and presented to new
 //! connections. An invalid configuration (or an unreadable certificate) changes nothing.
 
@@ -13,12 +15,23 @@ use crate::settings::{Settings, SettingsError};
 use crate::{logging, AppState, Current};
 use std::sync::Arc;
 use tracing::{info, warn};
+use voxrt_actors::processors::stt;
 use voxrt_actors::registry::UpdateLimits;
 
 /// Re-reads the configuration source and applies it; returns the new config hash.
 pub(crate) fn reload(state: &AppState) -> Result<String, SettingsError> {
     let loaded = state.source.load().and_then(|s| {
         s.validate(&state.catalog)?;
+        let lists_stt = s.pipeline.processors.iter().any(|p| p == stt::NAME);
+        if lists_stt && !state.catalog.contains(stt::NAME) {
+            return Err(SettingsError::Invalid {
+                key: "pipeline.processors",
+                value: format!("{:?}", s.pipeline.processors),
+                allowed: "lists \"stt\", which was off at startup; its model loads only \
+                          then: restart the server to turn it on"
+                    .to_owned(),
+            });
+        }
         Ok(s)
     });
     let mut next = match loaded {
@@ -101,6 +114,10 @@ fn keep_restart_only(running: &Settings, next: &mut Settings) {
             level: next.log.level.clone(),
             ..running.log.clone()
         };
+    }
+    if running.stt != next.stt {
+        ignored.push("stt");
+        next.stt = running.stt.clone();
     }
     if !ignored.is_empty() {
         warn!(keys = ?ignored, "these settings changed but take effect only after a restart");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tracing::{info, warn};
 use voxrt_actors::metrics::Metrics;
-use voxrt_actors::processors::ProcessorCatalog;
+use voxrt_actors::processors::{stt, ProcessorCatalog};
 use voxrt_actors::registry::{LagMonitor, LiveSessions, SessionRegistry, Shutdown};
 
 /// Why the server could not start.
@@ -22,6 +22,9 @@ pub enum StartError {
     /// The settings are invalid.
     #[error("invalid configuration: {0}")]
     Settings(#[from] SettingsError),
+    /// `stt` is listed and its library or model would not load.
+    #[error("{0}")]
+    Stt(#[from] stt::SttStartError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -78,10 +81,21 @@ pub fn health_url(settings: &crate::Settings) -> String {
 /// is kept: a reload re-reads it.
 pub async fn start(
     source: ConfigSource,
-    catalog: ProcessorCatalog,
+    mut catalog: ProcessorCatalog,
 ) -> Result<RunningServer, StartError> {
     let settings = source.load()?;
     settings.validate(&catalog)?;
+    let metrics = Arc::new(Metrics::new());
+    // `stt` loads its model now, once, unless the embedder registered its own.
+    let lists_stt = settings.pipeline.processors.iter().any(|p| p == stt::NAME);
+    let stt = match lists_stt && !catalog.contains(stt::NAME) {
+        true => Some(stt::register(
+            &mut catalog,
+            &settings.stt,
+            metrics.stt.clone(),
+        )?),
+        false => None,
+    };
     let main_bind = format!("{}:{}", settings.server.host, settings.server.port);
     let listener = bind(&main_bind)?;
     let admin_listener = match settings.admin.bind.as_str() {
@@ -101,7 +115,6 @@ pub async fn start(
         .transpose()?;
     let tls = CertStore::load(&settings.server.tls)?;
     let tls_config = tls.as_ref().map(CertStore::server_config).transpose()?;
-    let metrics = Arc::new(Metrics::new());
     let reserve = settings.session_worst_case_bytes(&catalog);
     let budget_sessions = settings.registry.budget_sessions(reserve);
     if budget_sessions < settings.registry.max_sessions {
@@ -132,6 +145,7 @@ pub async fn start(
         workers,
         tls,
         lag,
+        stt,
     });
     let admin_on_main = admin_listener.is_none();
     let main_state = state.clone();

@@ -244,6 +244,32 @@ pub enum SessionError {
     /// Audio arrived after `stop`.
     #[error("audio after stop is ignored")]
     AudioAfterStop,
+    /// The speech-to-text queue was full: this waiting segment, the oldest, was dropped
+    /// to make room (`stt.max_queued_segments`). The other segments are transcribed.
+    #[error("speech from {t_ms} ms to {end_ms} ms was not transcribed: the server's speech-to-text queue was full")]
+    TranscriptDropped {
+        /// Where the segment starts on the input timeline, ms.
+        t_ms: u64,
+        /// Where it ends, ms.
+        end_ms: u64,
+    },
+    /// The speech-to-text library failed on one segment; the next ones are transcribed.
+    #[error("speech from {t_ms} ms to {end_ms} ms could not be transcribed")]
+    TranscriptionFailed {
+        /// Where the segment starts, ms.
+        t_ms: u64,
+        /// Where it ends, ms.
+        end_ms: u64,
+    },
+    /// A flush or stop stopped waiting for transcripts after `stt.flush_timeout_ms`; those
+    /// still pending arrive later (after `flushed`), or not at all once the session closed.
+    #[error("{pending} transcript(s) still pending after {waited_ms} ms; answering without them")]
+    TranscriptTimeout {
+        /// Segments not yet transcribed.
+        pending: usize,
+        /// How long the flush waited, ms.
+        waited_ms: u64,
+    },
     /// Something inside the server failed; details are in the log under the correlation id.
     #[error("internal error; the server log has details under this correlation id")]
     Internal,
@@ -264,6 +290,9 @@ impl SessionError {
             SessionError::Protocol(_) => "protocol_error",
             SessionError::AudioDropped { .. } => "audio_dropped",
             SessionError::AudioAfterStop => "audio_after_stop",
+            SessionError::TranscriptDropped { .. } => "transcript_dropped",
+            SessionError::TranscriptionFailed { .. } => "transcription_failed",
+            SessionError::TranscriptTimeout { .. } => "transcript_timeout",
             SessionError::RateLimited(_) => "rate_limited",
             SessionError::ProcessorRestarted { .. } => "processor_restarted",
             SessionError::ProcessorFailed { .. } => "processor_failed",

@@ -174,3 +174,44 @@ impl RegistryLimits {
         self.memory_budget_mb.saturating_mul(1 << 20) / reserve_bytes.max(1)
     }
 }
+
+/// The `stt` processor: speech to text on threads of its own (see `processors::stt`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SttSettings {
+    /// The speech library (`libmoonshine.so`), a path; relative paths are from the working
+    /// directory. Loaded only when `pipeline.processors` names `stt`.
+    pub library: String,
+    /// The directory holding the model's files (`encoder_model.ort`,
+    /// `decoder_model_merged.ort`, `tokenizer.bin`).
+    pub model_dir: String,
+    /// OS threads transcribing, each with its own copy of the model's runtime state (the
+    /// library serializes calls on one model instance). Not the HTTP workers.
+    pub threads: usize,
+    /// Segments waiting for a thread, server-wide; when full, the oldest waiting one is
+    /// dropped and its client told (`transcript_dropped`).
+    pub max_queued_segments: usize,
+    /// Longest audio transcribed at once, seconds; longer speech is cut into pieces this
+    /// long, each its own transcript.
+    pub max_segment_s: u32,
+    /// Audio kept before a segment's `speech_start`, ms: the VAD reports speech once it is
+    /// sure, and a word's quiet onset comes before.
+    pub pre_roll_ms: u32,
+    /// Audio kept after a segment's `speech_end`, ms (at most what the VAD's silence
+    /// already holds).
+    pub post_roll_ms: u32,
+    /// How long `flush` and `stop` wait for a session's pending transcripts, ms; then they
+    /// answer without them and the client gets `transcript_timeout`.
+    pub flush_timeout_ms: u64,
+}
+
+impl SttSettings {
+    /// Pipeline samples (16 kHz) one session's `stt` processor may hold: `pre_roll_ms` plus
+    /// `max_segment_s`. Within a segment it holds the segment so far; between segments, the
+    /// audio a VAD start may be dated back to, which it caps at a segment's length (a start
+    /// dated back further, with extreme client VAD settings, loses its earliest audio).
+    pub fn max_buffered_samples(&self) -> usize {
+        let ms = u64::from(self.pre_roll_ms) + u64::from(self.max_segment_s) * 1000;
+        usize::try_from(ms * 16).unwrap_or(usize::MAX)
+    }
+}

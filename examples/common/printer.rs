@@ -73,6 +73,13 @@ impl Printer {
                     ));
                 }
             }
+            "transcript" => self.line(&format!(
+                "{}  \"{}\" (speech {} to {})",
+                fmt_ms(num("end_ms")),
+                text("text"),
+                fmt_ms(num("t_ms")),
+                fmt_ms(num("end_ms"))
+            )),
             "session.started" => {
                 let input = v.get("input").cloned().unwrap_or(Value::Null);
                 let get = |k: &str| input.get(k).map(|x| x.to_string()).unwrap_or_default();

@@ -19,10 +19,10 @@ use std::collections::HashMap;
 use thiserror::Error;
 use voxrt_actors::audio::MAX_BLOCK_SAMPLES;
 use voxrt_actors::pipeline::Pipeline;
-use voxrt_actors::processors::ProcessorCatalog;
+use voxrt_actors::processors::{stt, ProcessorCatalog};
 use voxrt_actors::settings::{
-    LevelSettings, PipelineSettings, RegistryLimits, SessionLimits, SupervisionSettings,
-    VadSettings,
+    LevelSettings, PipelineSettings, RegistryLimits, SessionLimits, SttSettings,
+    SupervisionSettings, VadSettings,
 };
 
 const DEFAULT: &str = include_str!("../../config/default.toml");
@@ -71,6 +71,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Origins and per-address limits.
     pub security: SecuritySettings,
+    /// `[stt]`: speech to text, when `pipeline.processors` names `stt`.
+    pub stt: SttSettings,
 }
 
 /// `[admin]`.
@@ -354,7 +356,18 @@ impl Settings {
             // The outgoing queue closes the session at twice its bound.
             + 2 * self.session.max_outgoing_bytes
             + self.session.replay_buffer_bytes()
+            + self.stt_buffer_bytes()
             + FIXED
+    }
+
+    /// What one session's `stt` processor may hold (none without `stt`): its segment
+    /// buffer. Segments waiting in the server-wide queue are bounded by
+    /// `stt.max_queued_segments` on top.
+    pub fn stt_buffer_bytes(&self) -> usize {
+        if !self.pipeline.processors.iter().any(|p| p == stt::NAME) {
+            return 0;
+        }
+        self.stt.max_buffered_samples() * std::mem::size_of::<f32>()
     }
 }
 

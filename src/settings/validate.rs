@@ -3,7 +3,7 @@
 
 use super::{Settings, SettingsError};
 use std::fmt::Display;
-use voxrt_actors::processors::ProcessorCatalog;
+use voxrt_actors::processors::{stt, ProcessorCatalog};
 
 /// `value` of `key` within `lo..=hi` (`unit` is appended to the allowed range).
 pub(super) fn check<T: PartialOrd + Display>(
@@ -209,7 +209,10 @@ impl Settings {
             64 << 20,
             " bytes",
         )?;
-        if let Some(unknown) = p.processors.iter().find(|n| !catalog.contains(n)) {
+        // `stt` is known without being in the catalog: the server loads it at startup
+        // when it is listed (see `validate_stt`).
+        let known = |n: &str| catalog.contains(n) || n == stt::NAME;
+        if let Some(unknown) = p.processors.iter().find(|n| !known(n)) {
             return Err(SettingsError::Invalid {
                 key: "pipeline.processors",
                 value: format!("\"{unknown}\""),
@@ -219,6 +222,7 @@ impl Settings {
                 ),
             });
         }
+        self.validate_stt()?;
         let v = &self.vad;
         check("vad.threshold", v.threshold, 0.0, 1.0, "")?;
         let (lo, hi) = voxrt_actors::protocol::VAD_SILENCE_MS_RANGE;
@@ -279,6 +283,44 @@ impl Settings {
     }
 
     /// `server.tls`: both files or neither (the files themselves are read at startup).
+    /// `[stt]` ranges always (a reload may turn `stt` on); its place after `vad` when
+    /// listed. Whether the model loads is checked where it is loaded (server start).
+    fn validate_stt(&self) -> Result<(), SettingsError> {
+        let s = &self.stt;
+        check("stt.threads", s.threads, 1, 64, "")?;
+        check(
+            "stt.max_queued_segments",
+            s.max_queued_segments,
+            1,
+            100_000,
+            "",
+        )?;
+        check("stt.max_segment_s", s.max_segment_s, 1, 60, " s")?;
+        check("stt.pre_roll_ms", s.pre_roll_ms, 0, 2_000, " ms")?;
+        check("stt.post_roll_ms", s.post_roll_ms, 0, 2_000, " ms")?;
+        check(
+            "stt.flush_timeout_ms",
+            s.flush_timeout_ms,
+            100,
+            600_000,
+            " ms",
+        )?;
+        let processors = &self.pipeline.processors;
+        let position = |name: &str| processors.iter().position(|p| p == name);
+        if let Some(at) = position(stt::NAME) {
+            if position("vad").is_none_or(|vad| vad > at) {
+                return Err(SettingsError::Invalid {
+                    key: "pipeline.processors",
+                    value: format!("{processors:?}"),
+                    allowed: "lists \"stt\" without \"vad\" before it; stt transcribes the \
+                              segments vad finds"
+                        .to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn validate_tls(&self) -> Result<(), SettingsError> {
         let t = &self.server.tls;
         let missing = match (t.cert_file.is_empty(), t.key_file.is_empty()) {

@@ -47,6 +47,8 @@ const timeline = $("timeline");
 const cursor = $("cursor");
 const list = $("segments");
 const noSegments = $("no-segments");
+const transcripts = $("transcripts");
+const noTranscripts = $("no-transcripts");
 const summary = $("summary");
 
 /** The run in progress (from Start until its connection closed), or null. */
@@ -76,6 +78,7 @@ const seconds = (ms) => `${(ms / 1000).toFixed(2)} s`;
 function resetView() {
   Object.assign(app.dataset, {
     segments: "0",
+    transcripts: "0",
     sessionId: "",
     sampleRate: "",
     lastError: "",
@@ -87,6 +90,8 @@ function resetView() {
   list.replaceChildren();
   timeline.replaceChildren(cursor);
   noSegments.hidden = false;
+  transcripts.replaceChildren();
+  noTranscripts.hidden = false;
   summary.hidden = true;
   $("session-id").textContent = "–";
   $("capture-format").textContent = "–";
@@ -154,6 +159,21 @@ function segmentEnded(r, tMs, durationMs) {
   }
   setSpeaking(false);
   layoutTimeline(r);
+}
+
+/** A transcript (stt): listed under the segments with where its speech was. */
+function addTranscript(msg) {
+  const item = document.createElement("li");
+  const start = Number(msg.t_ms) || 0;
+  const end = Number(msg.end_ms) || 0;
+  Object.assign(item.dataset, { startMs: String(start), endMs: String(end) });
+  item.textContent = `${seconds(start)}–${seconds(end)}: ${String(msg.text ?? "")}`;
+  transcripts.append(item);
+  noTranscripts.hidden = true;
+  app.dataset.transcripts = String(transcripts.children.length);
+  while (transcripts.children.length > MAX_LISTED_SEGMENTS) {
+    transcripts.firstElementChild.remove();
+  }
 }
 
 /** A speech_end without its speech_start (not expected): still listed. */
@@ -410,6 +430,9 @@ function handleEvent(r, msg) {
       } else if (msg.event === "speech_end") {
         segmentEnded(r, Number(msg.t_ms), Number(msg.duration_ms));
       }
+      break;
+    case "transcript":
+      addTranscript(msg);
       break;
     case "error":
       showError(String(msg.code), String(msg.message));

@@ -6,6 +6,10 @@
 //! sampled message (one in [`TIMING_SAMPLE_EVERY`]), one uncontended lock to feed the percentile
 //! histogram of its stage.
 
+mod stt;
+
+pub use stt::{OutcomeLabel, SttMetrics};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -271,6 +275,8 @@ pub struct Metrics {
     stage_restarts: Family<StageLabel, Counter>,
     stage_seconds: Family<StageLabel, Histogram>,
     stages: RwLock<BTreeMap<String, Arc<StageStats>>>,
+    /// Speech to text (`stt`).
+    pub stt: SttMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -312,6 +318,7 @@ impl Metrics {
             stage_restarts: Family::default(),
             stage_seconds: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
             stages: RwLock::new(BTreeMap::new()),
+            stt: SttMetrics::registered(&mut registry),
             registry: Registry::default(),
         };
         let mut m = m;

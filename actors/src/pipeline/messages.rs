@@ -3,6 +3,7 @@
 //! nothing of each other.
 
 use crate::audio::AudioBlock;
+use crate::error::SessionError;
 use crate::protocol::ServerEvent;
 use actix::prelude::*;
 use bytes::Bytes;
@@ -58,6 +59,9 @@ pub enum PipelineOutput {
     },
     /// A stage failed; the session cannot go on.
     Failed,
+    /// A processor's non-fatal problem (a transcript dropped or failed): the client gets an
+    /// `error` event and the session goes on.
+    Problem(SessionError),
     /// A processor panicked and its supervisor restarted it with fresh state.
     ProcessorRestarted {
         /// The processor's name.

@@ -27,7 +27,7 @@ use self::stage::{Restart, Supervised};
 use crate::audio::StreamResampler;
 use crate::counters::{SessionCounters, StageProbe};
 use crate::metrics::Metrics;
-use crate::processors::{ProcessorCatalog, ProcessorContext};
+use crate::processors::{LateOutput, LateSink, ProcessorCatalog, ProcessorContext};
 use crate::protocol::StreamParams;
 use crate::settings::SessionConfig;
 use actix::prelude::*;
@@ -85,11 +85,24 @@ impl Pipeline {
         metrics: &Arc<Metrics>,
     ) -> Result<Self, PipelineError> {
         let capacity = config.pipeline.mailbox_capacity.get();
+        let late = {
+            let sink = sink.clone();
+            LateSink::new(move |output| {
+                sink.do_send(match output {
+                    LateOutput::Events(events) => PipelineOutput::Events {
+                        events,
+                        received: None,
+                    },
+                    LateOutput::Problem(error) => PipelineOutput::Problem(error),
+                })
+            })
+        };
         let ctx = ProcessorContext {
             session_id,
             input: params.input,
             vad: params.vad,
             level: config.level,
+            late,
         };
         let layout = catalog.stages(&config.pipeline.processors);
         let mut stages = Vec::with_capacity(layout.len());

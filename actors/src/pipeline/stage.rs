@@ -70,6 +70,19 @@ impl Supervised {
         }
     }
 
+    /// The processor's [`Processor::settled`], unless it failed. A panic there counts as
+    /// nothing owed (logged; the flush must still be answered).
+    fn settled(&mut self) -> Option<crate::processors::Settled> {
+        if self.failed {
+            return None;
+        }
+        let processor = &mut *self.processor;
+        catch_unwind(AssertUnwindSafe(|| processor.settled())).unwrap_or_else(|_| {
+            tracing::warn!(processor = %self.name, "processor panicked in settled(); not waiting for it");
+            None
+        })
+    }
+
     fn on_panic(
         &mut self,
         panic: &(dyn std::any::Any + Send),
@@ -186,11 +199,22 @@ impl Handler<AudioBlock> for ProcessorStage {
 }
 
 impl Handler<FlushStage> for ProcessorStage {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    /// Flushes the processors (a failed one has nothing to flush; the answer still comes).
-    fn handle(&mut self, msg: FlushStage, _ctx: &mut Self::Context) {
+    /// Flushes the processors (a failed one has nothing to flush; the answer still comes),
+    /// and answers once those with work on threads of their own have settled it
+    /// ([`Processor::settled`], each bounded). The stage goes on handling blocks meanwhile;
+    /// the resampler sends none until the flush is answered.
+    fn handle(&mut self, msg: FlushStage, _ctx: &mut Self::Context) -> Self::Result {
         self.run_all(None, |p, events| p.flush(msg.end_sample, events));
         tracing::trace!(stage = %self.name, end_sample = msg.end_sample, "flushed");
+        let settling: Vec<_> = self
+            .processors
+            .iter_mut()
+            .filter_map(Supervised::settled)
+            .collect();
+        Box::pin(async move {
+            futures_util::future::join_all(settling).await;
+        })
     }
 }

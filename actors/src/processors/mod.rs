@@ -34,16 +34,21 @@
 //! ```
 
 mod level;
+pub mod stt;
 mod vad;
 
 pub use level::LevelProcessor;
+pub use stt::SttProcessor;
 pub use vad::VadProcessor;
 
 use crate::audio::AudioBlock;
 use crate::audio::InputFormat;
+use crate::error::SessionError;
 use crate::protocol::ServerEvent;
 use crate::settings::{LevelSettings, VadSettings};
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -60,6 +65,55 @@ pub trait Processor: Send + 'static {
     fn process(&mut self, block: &AudioBlock, events: &mut Vec<ServerEvent>);
     /// Everything up to `end_sample` has been delivered; emit what is still open.
     fn flush(&mut self, end_sample: u64, events: &mut Vec<ServerEvent>);
+    /// Called right after `flush`: resolves once everything this processor still owes for
+    /// the flushed audio (work on threads of its own, reported through
+    /// [`ProcessorContext::late`]) has been sent. The stage answers the flush only then, so
+    /// that output precedes `flushed` and `session.closed`. The future bounds its own wait.
+    /// `None` (the default): nothing is owed.
+    fn settled(&mut self) -> Option<Settled> {
+        None
+    }
+}
+
+/// What [`Processor::settled`] returns: a bounded wait for a processor's late output.
+pub type Settled = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Output a processor produces after `process` or `flush` returned, on a thread of its own.
+#[derive(Debug)]
+pub enum LateOutput {
+    /// Events for the client, in order (sequenced and kept for resume like the others).
+    Events(Vec<ServerEvent>),
+    /// A non-fatal problem the client is told of as an `error` event; the session goes on.
+    Problem(SessionError),
+}
+
+/// Where a processor sends [`LateOutput`]: its session, behind the events the pipeline
+/// already queued. Cheap to clone, callable from any thread, never blocks: the volume is
+/// the processor's to bound (`stt` bounds it by its queue of segments).
+#[derive(Clone)]
+pub struct LateSink(Arc<dyn Fn(LateOutput) + Send + Sync>);
+
+impl LateSink {
+    /// A sink that hands each output to `send`.
+    pub fn new(send: impl Fn(LateOutput) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(send))
+    }
+
+    /// A sink that discards everything (processors built outside a session: benches, tests).
+    pub fn discard() -> Self {
+        Self::new(|_| {})
+    }
+
+    /// Sends `output` to the session.
+    pub fn send(&self, output: LateOutput) {
+        (self.0)(output)
+    }
+}
+
+impl std::fmt::Debug for LateSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LateSink")
+    }
 }
 
 /// What a processor factory knows about the session it builds for.
@@ -73,6 +127,8 @@ pub struct ProcessorContext {
     pub vad: VadSettings,
     /// Level settings.
     pub level: LevelSettings,
+    /// Where output produced later, off the stage's thread, goes.
+    pub late: LateSink,
 }
 
 /// Builds a fresh processor for one session.

@@ -209,6 +209,22 @@ pub enum ServerEvent {
         /// Peak level, dBFS, floored at -120.
         peak_dbfs: f32,
     },
+    /// What was said in one speech segment (the `stt` processor), sent once the segment was
+    /// transcribed: after its `speech_end`, by the transcription's latency.
+    #[serde(rename = "transcript")]
+    Transcript {
+        /// Where the transcribed audio starts (the segment's `speech_start` less
+        /// `stt.pre_roll_ms`), ms on the input timeline.
+        t_ms: u64,
+        /// Where it ends, ms.
+        end_ms: u64,
+        /// The words, as the model wrote them (never empty: a segment with no words gives
+        /// no transcript).
+        text: String,
+        /// Always `true`: each segment is transcribed once, whole (no partial results).
+        #[serde(rename = "final")]
+        is_final: bool,
+    },
     /// An event from a user processor, sent as the processor built it (an object with a
     /// `type` of the processor's choosing).
     #[serde(skip)]

@@ -55,6 +55,7 @@ impl Handler<PipelineOutput> for Session {
                 }
             }
             PipelineOutput::Failed => self.report(ctx, SessionError::Internal),
+            PipelineOutput::Problem(error) => self.report(ctx, error),
             PipelineOutput::ProcessorRestarted { processor } => self.on_restart(ctx, processor),
             PipelineOutput::ProcessorFailed { processor } => {
                 self.report(ctx, SessionError::ProcessorFailed { processor })
