@@ -354,6 +354,8 @@ impl Page {
                     button: text("start"),
                     segmentList: [...document.querySelectorAll("#segments li")]
                         .map((li) => ({...li.dataset})),
+                    transcriptList: [...document.querySelectorAll("#transcripts li")]
+                        .map((li) => ({...li.dataset, text: li.textContent})),
                     summaryShown: !document.getElementById("summary").hidden,
                     summary: {
                         reason: text("closed-reason"),
@@ -482,8 +484,8 @@ fn number(v: &Value) -> u64 {
 /// 1. With the right token but its origin not in `security.allowed_origins`, the page
 ///    reports the refused connection (and the server logged `origin_not_allowed`).
 /// 2. After the operator adds the page's origin (config file + `POST /v1/admin/reload`),
-///    Start streams: the page shows the session id, levels, and at least one completed
-///    speech segment of plausible length; meanwhile `/v1/stats` shows the live session with
+///    Start streams: the page shows the session id, levels, at least one completed
+///    speech segment of plausible length and its transcript (the server runs `stt`); meanwhile `/v1/stats` shows the live session with
 ///    the page's AudioContext rate, mono `pcm_f32le`, and audio arriving.
 /// 3. Stop: the page shows the `session.closed` summary (`client_stop`); the server received
 ///    exactly the chunks the page sent (20 ms each), processed them all and dropped none;
@@ -503,6 +505,7 @@ async fn page_streams_the_microphone_and_shows_speech_segments() {
     let (cert_file, key_file) = cert().write(work.path());
     let server = ServerProcess::start(&[
         ("VOXRT_CONFIG", config_path),
+        ("VOXRT_PIPELINE__PROCESSORS", "level,vad,stt"),
         (
             "VOXRT_SERVER__TLS__CERT_FILE",
             cert_file.to_str().expect("utf-8"),
@@ -584,6 +587,24 @@ async fn page_streams_the_microphone_and_shows_speech_segments() {
         speech["level"]
     );
     assert_eq!(speech["lastError"], "", "{speech:#}");
+    // Speech to text: the segment's transcript is listed under the segments, with the
+    // recording's words ("Front, center,"), starting at or before the segment.
+    let heard = page
+        .wait_for("a transcript", |s| {
+            s["transcripts"].as_str().is_some_and(|n| n != "0")
+        })
+        .await;
+    let transcript = &heard["transcriptList"][0];
+    let text = transcript["text"].as_str().unwrap_or("").to_lowercase();
+    assert!(
+        text.contains("center"),
+        "the recording's words: {transcript}"
+    );
+    assert!(
+        number(&transcript["startMs"]) <= number(&segment["startMs"])
+            && number(&transcript["endMs"]) >= number(&segment["endMs"]),
+        "the transcript covers the segment: {transcript} {segment}"
+    );
 
     // The server's view of the live session.
     let stats = get_json(&format!("{base}/v1/stats"));
