@@ -181,3 +181,85 @@ impl Processor for SttProcessor {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::{Encoding, InputFormat};
+    use crate::processors::LateSink;
+    use crate::settings::{LevelSettings, VadSettings};
+    use std::sync::mpsc;
+    use std::sync::Mutex;
+
+    /// `flush` with a segment no thread will transcribe: the flush waits
+    /// `stt.flush_timeout_ms`, then answers, and the client is told how many transcripts
+    /// were still pending (`transcript_timeout`).
+    #[test]
+    fn a_flush_waits_for_pending_transcripts_at_most_the_timeout() {
+        let pool = Arc::new(TranscriptionPool::unstarted(4));
+        let (tx, rx) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let ctx = ProcessorContext {
+            session_id: uuid::Uuid::new_v4(),
+            input: InputFormat {
+                sample_rate: 16_000,
+                channels: 1,
+                encoding: Encoding::PcmS16le,
+            },
+            vad: VadSettings {
+                threshold: 0.5,
+                silence_ms: 500,
+                min_speech_ms: 100,
+            },
+            level: LevelSettings { interval_ms: 100 },
+            late: LateSink::new(move |out| {
+                let _ = tx.lock().map(|t| t.send(out));
+            }),
+        };
+        let settings = SttSettings {
+            library: String::new(),
+            model_dir: String::new(),
+            threads: 1,
+            max_queued_segments: 4,
+            max_segment_s: 10,
+            pre_roll_ms: 200,
+            post_roll_ms: 200,
+            flush_timeout_ms: 150,
+        };
+        let mut stt = SttProcessor::new(pool, &settings, &ctx);
+        assert!(
+            stt.settled().is_none(),
+            "nothing pending: nothing to wait for"
+        );
+        let block = AudioBlock {
+            samples: vec![0.1; 1600].into(),
+            start: 0,
+            received: None,
+        };
+        let mut events = vec![ServerEvent::Vad {
+            event: VadEventKind::SpeechStart,
+            t_ms: 20,
+            duration_ms: None,
+        }];
+        stt.process(&block, &mut events);
+        let mut events = vec![ServerEvent::Vad {
+            event: VadEventKind::SpeechEnd,
+            t_ms: 90,
+            duration_ms: Some(70),
+        }];
+        stt.flush(1600, &mut events);
+        let settled = stt.settled().expect("a segment is pending");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        rt.block_on(settled);
+        match rx.try_recv() {
+            Ok(LateOutput::Problem(SessionError::TranscriptTimeout {
+                pending: 1,
+                waited_ms: 150,
+            })) => {}
+            other => panic!("expected transcript_timeout, got {other:?}"),
+        }
+    }
+}

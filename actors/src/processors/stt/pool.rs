@@ -299,6 +299,18 @@ impl TranscriptionPool {
     }
 }
 
+#[cfg(test)]
+impl TranscriptionPool {
+    /// A pool whose queue no thread takes from (tests of the queue and of waiting).
+    pub(crate) fn unstarted(capacity: usize) -> Self {
+        let metrics = SttMetrics::registered(&mut prometheus_client::registry::Registry::default());
+        Self {
+            shared: Arc::new(Shared::new(capacity, metrics)),
+            threads: Vec::new(),
+        }
+    }
+}
+
 impl Drop for TranscriptionPool {
     fn drop(&mut self) {
         self.shared.stop.store(true, Relaxed);
@@ -471,10 +483,7 @@ mod tests {
     /// session's pending count settles to zero.
     #[test]
     fn overflow_drops_the_oldest_and_pending_settles() {
-        let pool = TranscriptionPool {
-            shared: Arc::new(Shared::new(2, metrics())),
-            threads: Vec::new(),
-        };
+        let pool = TranscriptionPool::unstarted(2);
         let (owner, rx) = owner();
         for i in 0..20 {
             let segment = Segment {
