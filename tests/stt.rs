@@ -915,3 +915,122 @@ async fn stats_and_metrics_count_transcribed_segments() {
     assert_eq!(m("voxrt_stt_latency_seconds_count"), 2.0);
     assert!(m("voxrt_stt_latency_seconds_sum") > 0.0, "{body}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Resume
+// ---------------------------------------------------------------------------------------------
+
+/// The connection is cut right after a segment's `speech_end`, while its transcript is
+/// being made, and the client resumes once it is made: the transcript is replayed (unless
+/// it reached the client before the cut), the client has it exactly once, and every seq
+/// from 0 once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transcript_made_while_the_connection_is_lost_arrives_once_after_the_resume() {
+    let _cpu = CPU.read().await;
+    let server = server(WITH_STT, &[]);
+    let proxy = proxy::CutProxy::start(server.addr).await;
+    let (mono, rate) = audio::read_wav(audio::SPEECH);
+    // 1 s after the speech: the VAD's 500 ms of silence ends the segment before the audio does.
+    let pcm = audio::s16le(&audio::padded(&mono, rate, PAD_S, 1.0), 1);
+    let mut client = Client::admitted(&proxy.url(&query(rate))).await;
+    let started = client.started.clone();
+    let mut seen = std::collections::BTreeMap::new();
+    let keep = |e: Value, seen: &mut std::collections::BTreeMap<u64, Value>| {
+        let seq = e["seq"].as_u64().expect("seq");
+        if let Some(before) = seen.insert(seq, e.clone()) {
+            assert_eq!(before, e, "seq {seq} twice with different content");
+        }
+    };
+    keep(started.clone(), &mut seen);
+    for chunk in pcm.chunks(rate as usize / 50 * 2) {
+        client.send_audio(chunk.to_vec()).await;
+    }
+    let end_seq = loop {
+        match client.recv().await {
+            Received::Event(e) => {
+                let is_end = e["type"] == "vad" && e["event"] == "speech_end";
+                let seq = e["seq"].as_u64().expect("seq");
+                keep(e, &mut seen);
+                if is_end {
+                    break seq;
+                }
+            }
+            Received::Audio(_) => {}
+            Received::Closed(c) => panic!("closed before speech_end: {c:?}"),
+        }
+    };
+    proxy.cut_all();
+    loop {
+        match client.recv().await {
+            Received::Event(e) => keep(e, &mut seen),
+            Received::Audio(_) => {}
+            Received::Closed(_) => break,
+        }
+    }
+    let last_seq = *seen.keys().next_back().expect("events");
+    let before_cut = seen.values().any(|e| e["type"] == "transcript");
+    // Resume once the transcript exists, so that (unless it beat the cut) it is made while
+    // the session is detached and must come back in the replay.
+    let deadline = Instant::now() + HANG;
+    while stt_stats(&server).await["segments_transcribed"] != 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the segment was never transcribed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = server.url(&format!(
+        "resume={}&resume_token={}&last_seq={last_seq}",
+        started["session_id"].as_str().expect("id"),
+        started["resume"]["token"].as_str().expect("token"),
+    ));
+    let mut client = Client::connect_raw(&url).await.expect("resume admitted");
+    let replayed = match client.recv().await {
+        Received::Event(v) if v["type"] == "session.resumed" => v["replayed"].as_u64(),
+        other => panic!("expected session.resumed, got {other:?}"),
+    };
+    let mut replay = Vec::new();
+    for _ in 0..replayed.expect("replayed") {
+        match client.recv().await {
+            Received::Event(e) => replay.push(e),
+            other => panic!("expected a replayed event, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        replay.iter().any(|e| e["type"] == "transcript"),
+        !before_cut,
+        "the transcript is replayed unless it reached the client before the cut: {replay:?}"
+    );
+    for e in replay {
+        keep(e, &mut seen);
+    }
+    let (events, code) = client.stop().await;
+    assert_eq!(code, Some(1000), "{events:?}");
+    for e in events {
+        keep(e, &mut seen);
+    }
+    let seqs: Vec<u64> = seen.keys().copied().collect();
+    let all: Vec<u64> = (0..=*seqs.last().expect("seq")).collect();
+    assert_eq!(seqs, all, "seq gap");
+    let transcripts: Vec<&Value> = seen
+        .values()
+        .filter(|e| e["type"] == "transcript")
+        .collect();
+    assert_eq!(
+        transcripts.len(),
+        1,
+        "exactly one transcript: {transcripts:?}"
+    );
+    let t = transcripts[0];
+    assert!(t["seq"].as_u64() > Some(end_seq), "{t}");
+    let text = t["text"].as_str().unwrap_or("");
+    assert!(words(text).iter().any(|w| w == "center"), "{t}");
+    println!(
+        "transcript {text:?} {}; {replayed:?} replayed after the resume",
+        if before_cut {
+            "reached the client before the cut"
+        } else {
+            "was replayed"
+        }
+    );
+}
