@@ -8,7 +8,7 @@
 
 mod stt;
 
-pub use stt::{OutcomeLabel, SttMetrics};
+pub use stt::{Outcome, OutcomeLabel, SttMetrics};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

@@ -16,13 +16,47 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
-/// What the transcription pool reports. Cheap to clone: handles to shared values.
+/// What became of one speech segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A transcript was sent.
+    Transcribed = 0,
+    /// The model found no words; nothing was sent.
+    Empty = 1,
+    /// Dropped from a full queue (`transcript_dropped`).
+    Dropped = 2,
+    /// The library failed on it (`transcription_failed`).
+    Failed = 3,
+}
+
+impl Outcome {
+    /// Every outcome, in index order.
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Transcribed,
+        Outcome::Empty,
+        Outcome::Dropped,
+        Outcome::Failed,
+    ];
+
+    /// The `outcome` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Transcribed => "transcribed",
+            Outcome::Empty => "empty",
+            Outcome::Dropped => "dropped",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// What the transcription pool reports, and the one place it keeps its counts (`/v1/stats`
+/// reads them back). Cheap to clone: handles to shared values.
 #[derive(Debug, Clone)]
 pub struct SttMetrics {
     /// Segments waiting for a thread.
     pub queue_depth: Gauge,
-    /// Segments by outcome.
-    pub segments: Family<OutcomeLabel, Counter>,
+    /// Segments by outcome, handles created up front: indexed by [`Outcome`].
+    segments: [Counter; 4],
     /// Seconds of speech transcribed (rate: audio seconds per wall second).
     pub audio_seconds: Counter<f64, AtomicU64>,
     /// Seconds the transcription threads spent transcribing (over `audio_seconds`: the
@@ -35,19 +69,16 @@ pub struct SttMetrics {
 impl SttMetrics {
     /// Fresh figures, registered in `registry` under `stt_*`.
     pub fn registered(registry: &mut Registry) -> Self {
+        let family: Family<OutcomeLabel, Counter> = Family::default();
         let m = Self {
             queue_depth: Gauge::default(),
-            segments: Family::default(),
+            segments: Outcome::ALL
+                .map(|o| family.get_or_create_owned(&OutcomeLabel { outcome: o.label() })),
             audio_seconds: Counter::default(),
             busy_seconds: Counter::default(),
             // 10 ms .. ~82 s.
             latency: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
         };
-        for outcome in ["transcribed", "empty", "dropped", "failed"] {
-            m.segments
-                .get_or_create(&OutcomeLabel { outcome })
-                .inc_by(0);
-        }
         registry.register(
             "stt_queue_depth",
             "Speech segments waiting for a transcription thread",
@@ -56,7 +87,7 @@ impl SttMetrics {
         registry.register(
             "stt_segments",
             "Speech segments by outcome (transcribed, empty, dropped, failed)",
-            m.segments.clone(),
+            family,
         );
         registry.register_with_unit(
             "stt_audio",
@@ -77,5 +108,15 @@ impl SttMetrics {
             m.latency.clone(),
         );
         m
+    }
+
+    /// Counts one segment's outcome.
+    pub fn record(&self, outcome: Outcome) {
+        self.segments[outcome as usize].inc();
+    }
+
+    /// Segments that ended with `outcome` so far.
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        self.segments[outcome as usize].get()
     }
 }

@@ -122,7 +122,8 @@ impl SttProcessor {
         }
     }
 
-    /// Follows the VAD's boundaries among `events`, from `first` on.
+    /// Follows the VAD's boundaries among `events` (this block's, from the processors
+    /// listed before this one).
     fn follow_vad(&mut self, events: &[ServerEvent]) {
         for event in events {
             if let ServerEvent::Vad { event, t_ms, .. } = event {

@@ -9,7 +9,7 @@
 use super::queue::{Queued, SegmentQueue};
 use super::SttStartError;
 use crate::error::SessionError;
-use crate::metrics::{OutcomeLabel, SttMetrics};
+use crate::metrics::{Outcome, SttMetrics};
 use crate::processors::{LateOutput, LateSink};
 use crate::protocol::ServerEvent;
 use crate::transcription::{SpeechLibrary, TranscribeError, Transcriber};
@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -147,19 +147,10 @@ struct Shared {
     stop: AtomicBool,
     capacity: usize,
     metrics: SttMetrics,
-    counts: [AtomicU64; 4],
-    audio_ms: AtomicU64,
-    busy_us: AtomicU64,
     /// `speech_end` to transcript, ms (1 ms .. 10 min, 2 significant digits).
     latency: Mutex<Histogram<u64>>,
     started: Instant,
 }
-
-const TRANSCRIBED: usize = 0;
-const EMPTY: usize = 1;
-const DROPPED: usize = 2;
-const FAILED: usize = 3;
-const OUTCOMES: [&str; 4] = ["transcribed", "empty", "dropped", "failed"];
 
 impl Shared {
     fn new(capacity: usize, metrics: SttMetrics) -> Self {
@@ -169,9 +160,6 @@ impl Shared {
             stop: AtomicBool::new(false),
             capacity: capacity.max(1),
             metrics,
-            counts: Default::default(),
-            audio_ms: AtomicU64::new(0),
-            busy_us: AtomicU64::new(0),
             latency: Mutex::new(
                 Histogram::new_with_bounds(1, 600_000, 2).expect("constant bounds are valid"),
             ),
@@ -183,16 +171,6 @@ impl Shared {
         // A thread that panicked while holding the lock left a queue that is still
         // consistent (every change is one call): keep using it.
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn count(&self, outcome: usize) {
-        self.counts[outcome].fetch_add(1, Relaxed);
-        self.metrics
-            .segments
-            .get_or_create(&OutcomeLabel {
-                outcome: OUTCOMES[outcome],
-            })
-            .inc();
     }
 }
 
@@ -259,7 +237,7 @@ impl TranscriptionPool {
         self.shared.metrics.queue_depth.set(depth as i64);
         self.shared.wake.notify_one();
         if let Some(Job { owner, segment }) = dropped {
-            self.shared.count(DROPPED);
+            self.shared.metrics.record(Outcome::Dropped);
             owner
                 .late
                 .send(LateOutput::Problem(SessionError::TranscriptDropped {
@@ -281,18 +259,19 @@ impl TranscriptionPool {
                 (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
             }
         };
-        let audio_s = s.audio_ms.load(Relaxed) as f64 / 1000.0;
+        let m = &s.metrics;
+        let audio_s = m.audio_seconds.get();
         let wall_s = s.started.elapsed().as_secs_f64().max(1e-3);
         SttSnapshot {
             threads: self.threads.len(),
             queue_depth: s.lock().len(),
             max_queued_segments: s.capacity,
-            segments_transcribed: s.counts[TRANSCRIBED].load(Relaxed),
-            segments_empty: s.counts[EMPTY].load(Relaxed),
-            segments_dropped: s.counts[DROPPED].load(Relaxed),
-            segments_failed: s.counts[FAILED].load(Relaxed),
+            segments_transcribed: m.count(Outcome::Transcribed),
+            segments_empty: m.count(Outcome::Empty),
+            segments_dropped: m.count(Outcome::Dropped),
+            segments_failed: m.count(Outcome::Failed),
             audio_s,
-            busy_s: s.busy_us.load(Relaxed) as f64 / 1e6,
+            busy_s: m.busy_seconds.get(),
             audio_s_per_wall_s: audio_s / wall_s,
             latency_ms: LatencySnapshot { p50, p99, max },
         }
@@ -360,20 +339,15 @@ fn transcribe(
 ) {
     let started = Instant::now();
     let result = catch_unwind(AssertUnwindSafe(|| model(&segment.samples)));
-    let busy = started.elapsed();
-    shared
-        .busy_us
-        .fetch_add(u64::try_from(busy.as_micros()).unwrap_or(u64::MAX), Relaxed);
-    shared.metrics.busy_seconds.inc_by(busy.as_secs_f64());
-    let audio_ms = segment.samples.len() as u64 / 16;
-    shared.audio_ms.fetch_add(audio_ms, Relaxed);
     shared
         .metrics
-        .audio_seconds
-        .inc_by(audio_ms as f64 / 1000.0);
+        .busy_seconds
+        .inc_by(started.elapsed().as_secs_f64());
+    let audio_s = segment.samples.len() as f64 / 16_000.0;
+    shared.metrics.audio_seconds.inc_by(audio_s);
     let (t_ms, end_ms) = (segment.t_ms, segment.end_ms);
     match result {
-        Ok(Ok(text)) if text.is_empty() => shared.count(EMPTY),
+        Ok(Ok(text)) if text.is_empty() => shared.metrics.record(Outcome::Empty),
         Ok(Ok(text)) => {
             owner
                 .late
@@ -383,7 +357,7 @@ fn transcribe(
                     text,
                     is_final: true,
                 }]));
-            shared.count(TRANSCRIBED);
+            shared.metrics.record(Outcome::Transcribed);
             let latency = segment.ended_at.elapsed();
             shared.metrics.latency.observe(latency.as_secs_f64());
             let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
@@ -396,7 +370,7 @@ fn transcribe(
                 _ => "the transcription panicked".to_owned(),
             };
             tracing::warn!(session = %owner.session, t_ms, end_ms, %reason, "transcription failed");
-            shared.count(FAILED);
+            shared.metrics.record(Outcome::Failed);
             owner
                 .late
                 .send(LateOutput::Problem(SessionError::TranscriptionFailed {
