@@ -24,6 +24,7 @@ mod access_log;
 mod address_limits;
 pub mod auth;
 mod client_ip;
+mod cluster;
 mod cors;
 pub mod logging;
 mod ops;
@@ -96,6 +97,8 @@ pub(crate) struct AppState {
     lag: Arc<voxrt_actors::registry::LagMonitor>,
     /// The transcription threads, when `stt` was loaded at startup (`/v1/stats`).
     stt: Option<Arc<voxrt_actors::processors::stt::TranscriptionPool>>,
+    /// NATS, when `[nats]` is on.
+    cluster: Option<voxrt_actors::cluster::Cluster>,
 }
 
 impl AppState {

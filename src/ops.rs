@@ -29,6 +29,7 @@ pub fn configure_admin(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/stats", web::get().to(stats))
         .route("/v1/stats/sessions/{id}", web::get().to(session))
         .route("/metrics", web::get().to(metrics))
+        .route("/v1/cluster", web::get().to(crate::cluster::cluster_view))
         .route("/v1/admin/reload", web::post().to(reload_config));
 }
 
@@ -64,13 +65,17 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
                 .json(json!({"status": "not_ready", "reason": "registry_unavailable"}))
         }
     };
+    // NATS trouble does not make a node unready (sessions go on without it), but it is
+    // shown: `connected` false and `unpublished` growing mean the event log has gaps.
+    let nats = state.cluster.as_ref().map(|c| c.status());
     match stats.refusal {
         Some(reason) => HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "not_ready", "reason": reason})),
+            .json(json!({"status": "not_ready", "reason": reason, "nats": nats})),
         None => HttpResponse::Ok().json(json!({
             "status": "ready",
             "sessions": stats.sessions_active + stats.sessions_reserved,
             "max_sessions": stats.max_sessions,
+            "nats": nats,
         })),
     }
 }
@@ -132,6 +137,7 @@ async fn stats(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
         "registry": registry,
         "actors": state.metrics.stages(),
         "stt": state.stt.as_ref().map(|pool| pool.snapshot()),
+        "nats": state.cluster.as_ref().map(|c| json!({"node": c.node(), "publishing": c.status()})),
         "sessions": sessions,
     }))
 }

@@ -4,7 +4,8 @@
 //! allowed origins apply to sessions admitted from now on (per-address rate limits start
 //! afresh); live sessions keep the configuration they started with. Settings that need a new
 //! listener, worker pool or log file (`server.*`, `admin.bind`, `log.format`, `log.file` and
-//! the other file keys) and `[stt]` (its threads and model load at startup) keep their
+//! the other file keys), `[stt]` (its threads and model load at startup) and `[nats]` (one
+//! connection for the process's life) keep their
 //! running values and the log says so; `stt` cannot be added to `pipeline.processors` by a
 //! reload when it was off at startup. With `[server.tls]`,
 //! the certificate and key are read again from the same files and presented to new
@@ -118,6 +119,10 @@ fn keep_restart_only(running: &Settings, next: &mut Settings) {
     if running.stt != next.stt {
         ignored.push("stt");
         next.stt = running.stt.clone();
+    }
+    if running.nats != next.nats {
+        ignored.push("nats");
+        next.nats = running.nats.clone();
     }
     if !ignored.is_empty() {
         warn!(keys = ?ignored, "these settings changed but take effect only after a restart");

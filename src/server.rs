@@ -25,6 +25,9 @@ pub enum StartError {
     /// `stt` is listed and its library or model would not load.
     #[error("{0}")]
     Stt(#[from] stt::SttStartError),
+    /// `[nats]` is on and its URL or credentials file cannot be used.
+    #[error("{0}")]
+    Nats(#[from] voxrt_actors::cluster::ClusterError),
     /// The address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -46,6 +49,8 @@ pub struct RunningServer {
     state: web::Data<AppState>,
     handles: Vec<ServerHandle>,
     grace: Duration,
+    /// `nats.handover_on_shutdown` with NATS on.
+    hand_over: bool,
     done: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
 
@@ -135,6 +140,8 @@ pub async fn start(
         .with_lag_monitor(lag.clone())
         .start_supervised();
     let grace = Duration::from_secs(settings.server.shutdown_grace_s);
+    let cluster = crate::cluster::start(&settings.nats, metrics.nats.clone())?;
+    let hand_over = cluster.is_some() && settings.nats.handover_on_shutdown;
     let state = web::Data::new(AppState {
         current: RwLock::new(Arc::new(Current::new(settings)?)),
         source,
@@ -146,6 +153,7 @@ pub async fn start(
         tls,
         lag,
         stt,
+        cluster,
     });
     let admin_on_main = admin_listener.is_none();
     let main_state = state.clone();
@@ -225,6 +233,9 @@ pub async fn start(
         done.push(tokio::task::spawn_local(admin));
     }
     forget_idle_addresses(state.clone());
+    if let Some(cluster) = state.cluster.clone() {
+        crate::cluster::serve(state.clone(), cluster, addr);
+    }
     let tls = state.tls.is_some();
     info!(%addr, ?admin_addr, workers, tls, "voxrt listening");
     Ok(RunningServer {
@@ -234,6 +245,7 @@ pub async fn start(
         state,
         handles,
         grace,
+        hand_over,
         done,
     })
 }
@@ -245,9 +257,13 @@ impl RunningServer {
     pub async fn shutdown(self) {
         info!(
             grace_s = self.grace.as_secs(),
-            "shutting down: closing sessions"
+            hand_over = self.hand_over,
+            "shutting down: closing sessions (or handing them over)"
         );
-        let drained = tokio::time::timeout(self.grace, self.registry.send(Shutdown)).await;
+        let shutdown = Shutdown {
+            hand_over: self.hand_over,
+        };
+        let drained = tokio::time::timeout(self.grace, self.registry.send(shutdown)).await;
         if !matches!(drained, Ok(Ok(()))) {
             let left = self.registry.send(LiveSessions).await.unwrap_or_default();
             warn!(
@@ -255,6 +271,10 @@ impl RunningServer {
                 sessions = ?left,
                 "sessions did not close within shutdown_grace_s; closing them anyway"
             );
+        }
+        if let Some(cluster) = &self.state.cluster {
+            // Out of the cluster view now rather than when the heartbeat expires.
+            let _ = tokio::time::timeout(Duration::from_secs(2), cluster.leave()).await;
         }
         for handle in &self.handles {
             handle.stop(true).await;

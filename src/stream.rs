@@ -65,7 +65,7 @@ async fn stream(
         }
     };
     if query.contains_key("resume") {
-        return match resume(&query, &state).await {
+        return match resume(&query, &state, peer).await {
             Ok((id, route, request)) => {
                 connect(req, payload, &state, &current, id, route, Some(request))
             }
@@ -76,7 +76,11 @@ async fn stream(
         Ok(p) => p,
         Err(e) => return refuse(&e),
     };
-    let id = match state.registry.send(Admit { peer }).await {
+    let admit = Admit {
+        peer,
+        takeover: None,
+    };
+    let id = match state.registry.send(admit).await {
         Ok(Ok(id)) => id,
         Ok(Err(e)) => return refuse(&e),
         Err(_) => return refuse(&AdmissionError::Internal),
@@ -163,17 +167,26 @@ fn count(state: &AppState, outcome: &str) {
 }
 
 /// Finds the session a resume names and lets it check the token and `last_seq`.
+/// With `[nats]`, a session another node holds (or held) is taken over here.
 async fn resume(
     query: &HashMap<String, String>,
     state: &AppState,
+    peer: IpAddr,
 ) -> Result<(Uuid, SessionRoute, ResumeRequest), AdmissionError> {
     let (id, request) = parse_resume(query)?;
-    let route = state
+    let found = state
         .registry
         .send(FindSession { id })
         .await
-        .map_err(|_| AdmissionError::Internal)?
-        .ok_or(AdmissionError::SessionNotFound)?;
+        .map_err(|_| AdmissionError::Internal)?;
+    let route = match (found, &state.cluster) {
+        (Some(route), _) => route,
+        (None, Some(cluster)) => {
+            let route = crate::cluster::take_over(state, cluster, peer, id, &request).await?;
+            return Ok((id, route, request));
+        }
+        (None, None) => return Err(AdmissionError::SessionNotFound),
+    };
     let checked = route
         .check_resume
         .send(CheckResume(request.clone()))
@@ -217,6 +230,8 @@ fn start_session(
         ttl_s: identity.session_ttl_s,
         register: state.registry.clone().recipient(),
         unregister: state.registry.clone().recipient(),
+        cluster: state.cluster.clone(),
+        takeover: None,
     });
     match started {
         Ok((_, route)) => connect(req, payload, state, current, id, route, None),

@@ -14,7 +14,8 @@ use voxrt_actors::counters::SessionCounters;
 use voxrt_actors::metrics::Metrics;
 use voxrt_actors::registry::{Admit, GetStats, ListSessions, Register, SessionRegistry};
 use voxrt_actors::session::{
-    Attach, Attached, CheckResume, ConnectionGone, Expire, FromClient, ResumeRefusal, SessionRoute,
+    Attach, Attached, CheckResume, ConnectionGone, Expire, FromClient, HandOver, ResumeRefusal,
+    SessionRoute,
 };
 use voxrt_actors::settings::RegistryLimits;
 
@@ -53,6 +54,11 @@ impl Handler<ConnectionGone> for StandIn {
     fn handle(&mut self, _msg: ConnectionGone, _ctx: &mut Self::Context) {}
 }
 
+impl Handler<HandOver> for StandIn {
+    type Result = ();
+    fn handle(&mut self, _msg: HandOver, _ctx: &mut Self::Context) {}
+}
+
 const SESSIONS: usize = 10_000;
 
 fn bench(c: &mut Criterion) {
@@ -81,6 +87,7 @@ fn bench(c: &mut Criterion) {
             let id = registry
                 .send(Admit {
                     peer: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    takeover: None,
                 })
                 .await
                 .expect("registry alive")
@@ -95,6 +102,7 @@ fn bench(c: &mut Criterion) {
                         check_resume: stand_in.clone().recipient(),
                         from_client: stand_in.clone().recipient(),
                         gone: stand_in.clone().recipient(),
+                        hand_over: stand_in.clone().recipient(),
                     },
                     counters: Arc::new(SessionCounters::new(stages)),
                     input,

@@ -148,6 +148,8 @@ pub mod close_code {
     pub const INTERNAL: u16 = 1011;
     /// Try again later.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The server is restarting and handed the session over to another node: resume.
+    pub const SERVICE_RESTART: u16 = 1012;
     /// No audio or ping for `idle_timeout_s`.
     pub const IDLE_TIMEOUT: u16 = 4000;
     /// Session older than `session_ttl_s`.

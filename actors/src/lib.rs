@@ -7,6 +7,8 @@
 //!   at run time behind a safe API (blocking calls, no actors). Beside them, leaves every
 //!   layer may use: [`protocol`] (wire types), [`error`] (errors with stable client codes),
 //!   [`settings`] (tunables), [`metrics`] and [`counters`] (shared statistics).
+//! - [`cluster`]: NATS JetStream (event log, node heartbeats, what a takeover reads), on a
+//!   thread of its own; knows the wire types and settings, no actors.
 //! - [`processors`]: the `Processor` trait, the catalog, and the built-ins `level` and `vad`.
 //! - [`pipeline`]: a session's stages (resampler, processor stages), their messages, and
 //!   the one bounded sender every hop uses.
@@ -20,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod audio;
+pub mod cluster;
 pub mod connection;
 pub mod counters;
 pub mod error;

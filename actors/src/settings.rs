@@ -215,3 +215,49 @@ impl SttSettings {
         usize::try_from(ms * 16).unwrap_or(usize::MAX)
     }
 }
+
+/// `[nats]`: scale-out on NATS JetStream (see `cluster`). Off while `url` is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    /// Server URL(s), comma-separated (`nats://host:4222`); "" = no NATS (single node).
+    pub url: String,
+    /// A `.creds` file (JWT and NKey seed); "" = none.
+    pub credentials_file: String,
+    /// This node's name in the cluster view and lifecycle records; "" = the host name.
+    pub node: String,
+    /// The address clients and operators reach this node at, shown in the cluster view;
+    /// "" = the listen address.
+    pub advertise: String,
+    /// Subjects start with this token: `<prefix>.sessions.<id>.events`.
+    pub subject_prefix: String,
+    /// The JetStream stream holding every session's events and lifecycle records.
+    pub stream: String,
+    /// Events older than this are removed from the stream, seconds.
+    pub max_age_s: u64,
+    /// The stream's size bound, bytes; the oldest messages go first.
+    pub max_bytes: i64,
+    /// Key-value bucket holding each resumable session's state (cross-node resume).
+    pub sessions_bucket: String,
+    /// Key-value bucket of node heartbeats (the cluster view).
+    pub nodes_bucket: String,
+    /// Seconds between heartbeats; a node is gone after three missed ones.
+    pub heartbeat_interval_s: u64,
+    /// How long one publish may wait for JetStream's acknowledgement, ms.
+    pub publish_timeout_ms: u64,
+    /// Records (events, lifecycle, session state) waiting to be published, server-wide;
+    /// beyond it new ones are dropped and counted as unpublished.
+    pub max_pending: usize,
+    /// How long a node taking a session over waits for the node holding it, ms.
+    pub handover_timeout_ms: u64,
+    /// On SIGTERM, hand resumable sessions over (clients resume on another node) instead of
+    /// closing them.
+    pub handover_on_shutdown: bool,
+}
+
+impl NatsSettings {
+    /// Whether NATS is on.
+    pub fn enabled(&self) -> bool {
+        !self.url.trim().is_empty()
+    }
+}

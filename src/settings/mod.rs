@@ -21,7 +21,7 @@ use voxrt_actors::audio::MAX_BLOCK_SAMPLES;
 use voxrt_actors::pipeline::Pipeline;
 use voxrt_actors::processors::{stt, ProcessorCatalog};
 use voxrt_actors::settings::{
-    LevelSettings, PipelineSettings, RegistryLimits, SessionLimits, SttSettings,
+    LevelSettings, NatsSettings, PipelineSettings, RegistryLimits, SessionLimits, SttSettings,
     SupervisionSettings, VadSettings,
 };
 
@@ -73,6 +73,8 @@ pub struct Settings {
     pub security: SecuritySettings,
     /// `[stt]`: speech to text, when `pipeline.processors` names `stt`.
     pub stt: SttSettings,
+    /// `[nats]`: event log, cluster view and cross-node resume on NATS JetStream.
+    pub nats: NatsSettings,
 }
 
 /// `[admin]`.

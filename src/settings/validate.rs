@@ -223,6 +223,7 @@ impl Settings {
             });
         }
         self.validate_stt()?;
+        self.validate_nats()?;
         let v = &self.vad;
         check("vad.threshold", v.threshold, 0.0, 1.0, "")?;
         let (lo, hi) = voxrt_actors::protocol::VAD_SILENCE_MS_RANGE;
@@ -283,6 +284,76 @@ impl Settings {
     }
 
     /// `server.tls`: both files or neither (the files themselves are read at startup).
+    /// `[nats]` ranges and names (checked even while `url` is empty, so turning it on
+    /// cannot reveal an old mistake).
+    fn validate_nats(&self) -> Result<(), SettingsError> {
+        let n = &self.nats;
+        check("nats.max_age_s", n.max_age_s, 60, 365 * 86_400, " s")?;
+        check("nats.max_bytes", n.max_bytes, 1 << 20, i64::MAX, " bytes")?;
+        check(
+            "nats.heartbeat_interval_s",
+            n.heartbeat_interval_s,
+            1,
+            3600,
+            " s",
+        )?;
+        check(
+            "nats.publish_timeout_ms",
+            n.publish_timeout_ms,
+            100,
+            60_000,
+            " ms",
+        )?;
+        check("nats.max_pending", n.max_pending, 1, 10_000_000, "")?;
+        check(
+            "nats.handover_timeout_ms",
+            n.handover_timeout_ms,
+            100,
+            60_000,
+            " ms",
+        )?;
+        // Tokens of subjects and names of streams and buckets: no dots, wildcards or spaces.
+        let name_ok = |v: &str, dots: bool| {
+            !v.is_empty()
+                && v.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || c == '-' || c == '_' || (dots && c == '.')
+                })
+                && !v.starts_with('.')
+                && !v.ends_with('.')
+        };
+        let names: [(&'static str, &str, bool); 5] = [
+            ("nats.subject_prefix", &n.subject_prefix, true),
+            ("nats.stream", &n.stream, false),
+            ("nats.sessions_bucket", &n.sessions_bucket, false),
+            ("nats.nodes_bucket", &n.nodes_bucket, false),
+            ("nats.node", &n.node, false),
+        ];
+        for (key, value, dots) in names {
+            if key == "nats.node" && value.is_empty() {
+                continue;
+            }
+            if !name_ok(value, dots) {
+                return Err(SettingsError::Invalid {
+                    key,
+                    value: format!("\"{value}\""),
+                    allowed: "must be letters, digits, '-' and '_' (the prefix may also hold \
+                              inner dots)"
+                        .into(),
+                });
+            }
+        }
+        if n.enabled() && self.session.resume_window_s == 0 && n.handover_on_shutdown {
+            return Err(SettingsError::Invalid {
+                key: "nats.handover_on_shutdown",
+                value: "true".into(),
+                allowed: "needs session.resume_window_s > 0 (only resumable sessions can be \
+                          handed over)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
     /// `[stt]` ranges always (a reload may turn `stt` on); its place after `vad` when
     /// listed. Whether the model loads is checked where it is loaded (server start).
     fn validate_stt(&self) -> Result<(), SettingsError> {

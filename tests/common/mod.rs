@@ -5,6 +5,7 @@
 pub mod audio;
 pub mod frames;
 pub mod http;
+pub mod nats;
 pub mod process;
 pub mod proxy;
 pub mod tls;

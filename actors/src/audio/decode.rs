@@ -47,8 +47,9 @@ impl fmt::Display for Encoding {
     }
 }
 
-/// What a client declared it sends: validated before the session starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// What a client declared it sends: validated before the session starts (and, read back
+/// from a cluster record, again before a takeover uses it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputFormat {
     /// Frames per second, 8000..=192000.
     pub sample_rate: u32,

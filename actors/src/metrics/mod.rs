@@ -6,8 +6,10 @@
 //! sampled message (one in [`TIMING_SAMPLE_EVERY`]), one uncontended lock to feed the percentile
 //! histogram of its stage.
 
+mod nats;
 mod stt;
 
+pub use nats::NatsMetrics;
 pub use stt::{Outcome, OutcomeLabel, SttMetrics};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -277,6 +279,8 @@ pub struct Metrics {
     stages: RwLock<BTreeMap<String, Arc<StageStats>>>,
     /// Speech to text (`stt`).
     pub stt: SttMetrics,
+    /// Publishing to NATS (`[nats]`).
+    pub nats: NatsMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -319,6 +323,7 @@ impl Metrics {
             stage_seconds: Family::new_with_constructor(|| Histogram::new(seconds_buckets())),
             stages: RwLock::new(BTreeMap::new()),
             stt: SttMetrics::registered(&mut registry),
+            nats: NatsMetrics::registered(&mut registry),
             registry: Registry::default(),
         };
         let mut m = m;

@@ -16,8 +16,9 @@ pub const VAD_SILENCE_MS_RANGE: (u32, u32) = (50, 10_000);
 /// Inclusive bounds of `vad_min_speech_ms`.
 pub const VAD_MIN_SPEECH_MS_RANGE: (u32, u32) = (0, 10_000);
 
-/// A client's validated `GET /v1/stream` parameters.
-#[derive(Debug, Clone, PartialEq)]
+/// A client's validated `GET /v1/stream` parameters (also kept in the cluster's session
+/// record, for a takeover on another node).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StreamParams {
     /// What the client sends.
     pub input: InputFormat,

@@ -7,7 +7,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 /// Why a session ended (`session.closed` `reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CloseReason {
     /// The client sent `stop`.
@@ -53,7 +53,7 @@ impl CloseReason {
 }
 
 /// Counters reported in `session.closed`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SessionStats {
     /// Binary frames accepted as audio.
     pub chunks_in: u64,
@@ -175,6 +175,11 @@ pub enum ServerEvent {
         input_frames: u64,
         /// Messages replayed next (those after the client's `last_seq`).
         replayed: usize,
+        /// Only after a takeover from a lost node whose log ends before the client's
+        /// `last_seq`: the last `seq` that stands. The client drops the messages it holds
+        /// after it (they were never logged; the resent audio produces them again).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rewound_to: Option<u64>,
     },
     /// Answer to `ping`.
     #[serde(rename = "pong")]

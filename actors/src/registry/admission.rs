@@ -85,7 +85,13 @@ impl SessionRegistry {
         if self.pace.as_ref().is_some_and(|p| p.check().is_err()) {
             return self.refuse(AdmissionError::Overloaded);
         }
-        let id = Uuid::new_v4();
+        let id = match msg.takeover {
+            Some(id) if self.entries.contains_key(&id) => {
+                return Err(AdmissionError::SessionNotFound)
+            }
+            Some(id) => id,
+            None => Uuid::new_v4(),
+        };
         self.entries.insert(
             id,
             Entry {

@@ -1,6 +1,6 @@
 //! Messages the SessionRegistry handles, and the snapshots it answers with.
 
-pub use crate::session::{EndReason, Expire, Register, SessionRoute, Unregister};
+pub use crate::session::{EndReason, Expire, HandOver, Register, SessionRoute, Unregister};
 
 use crate::audio::InputFormat;
 use crate::error::AdmissionError;
@@ -18,6 +18,9 @@ use uuid::Uuid;
 pub struct Admit {
     /// The client's address (per-IP limits).
     pub peer: IpAddr,
+    /// The id of a session taken over from another node (`[nats]`); `None` = a fresh id.
+    /// Refused as `session_not_found` if a session with it is already here.
+    pub takeover: Option<Uuid>,
 }
 
 /// Where a resume goes: the session's route, if it is alive here.
@@ -30,9 +33,15 @@ pub struct FindSession {
 
 /// Stop admitting, tell every session to close with `server_shutdown`, and answer when
 /// none is left.
-#[derive(Debug, Clone, Copy, Message)]
+#[derive(Debug, Clone, Copy, Default, Message)]
 #[rtype(result = "()")]
-pub struct Shutdown;
+pub struct Shutdown {
+    /// Hand resumable sessions over to other nodes (`nats.handover_on_shutdown`) instead
+    /// of closing them: each flushes, logs a `handed_over` record and closes its connection
+    /// 1012; its client resumes on another node. Sessions that cannot be handed over close
+    /// as usual.
+    pub hand_over: bool,
+}
 
 /// Ids of live sessions (for the shutdown log).
 #[derive(Debug, Clone, Copy, Message)]

@@ -32,6 +32,7 @@ pub use lag::LagMonitor;
 pub use messages::*;
 
 use crate::audio::InputFormat;
+use crate::cluster::records::HandoverReply;
 use crate::counters::{now_ms, SessionCounters};
 use crate::metrics::{Metrics, ReasonLabel, StageStats};
 use crate::protocol::CloseReason;
@@ -351,8 +352,8 @@ impl Handler<Shutdown> for SessionRegistry {
     type Result = ResponseFuture<()>;
 
     /// Drains: refuses new sessions and closes every live one with `server_shutdown`.
-    fn handle(&mut self, _msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
-        let drained = self.guard(ctx, "shutdown", |this, _| this.drain());
+    fn handle(&mut self, msg: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        let drained = self.guard(ctx, "shutdown", |this, _| this.drain(msg.hand_over));
         Box::pin(async move {
             if let Some(rx) = drained {
                 let _ = rx.await;
@@ -364,7 +365,7 @@ impl Handler<Shutdown> for SessionRegistry {
 impl SessionRegistry {
     /// Refuses new sessions from now on and asks every live one to close; the receiver
     /// fires once the table is empty.
-    fn drain(&mut self) -> oneshot::Receiver<()> {
+    fn drain(&mut self, hand_over: bool) -> oneshot::Receiver<()> {
         self.draining = true;
         let reserved: Vec<Uuid> = self
             .entries
@@ -376,12 +377,30 @@ impl SessionRegistry {
             self.remove(&id, EndReason::Closed(CloseReason::ServerShutdown));
         }
         for live in self.entries.values_mut().filter_map(|e| e.live.as_mut()) {
-            if !live.expiring {
-                live.expiring = true;
-                live.session.do_send(Expire {
-                    reason: CloseReason::ServerShutdown,
-                });
+            if live.expiring {
+                continue;
             }
+            live.expiring = true;
+            let expire = live.session.clone();
+            let close = move || {
+                expire.do_send(Expire {
+                    reason: CloseReason::ServerShutdown,
+                })
+            };
+            if !hand_over {
+                close();
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            live.route.hand_over.do_send(HandOver {
+                code: crate::error::close_code::SERVICE_RESTART,
+                reply,
+            });
+            actix::spawn(async move {
+                if answer.await != Ok(HandoverReply::HandedOver) {
+                    close();
+                }
+            });
         }
         let (tx, rx) = oneshot::channel();
         if self.entries.is_empty() {

@@ -35,7 +35,13 @@ fn start(limits: RegistryLimits, reserve: usize, lag: &Arc<LagMonitor>) -> Addr<
 async fn agree(registry: &Addr<SessionRegistry>, code: Option<&'static str>) {
     let stats = registry.send(GetStats).await.expect("stats");
     assert_eq!(stats.refusal, code, "{stats:?}");
-    let admitted = registry.send(Admit { peer: PEER }).await.expect("admit");
+    let admitted = registry
+        .send(Admit {
+            peer: PEER,
+            takeover: None,
+        })
+        .await
+        .expect("admit");
     assert_eq!(admitted.err().map(|e: AdmissionError| e.code()), code);
 }
 
@@ -110,7 +116,7 @@ async fn draining_comes_first() {
     );
     let _held = lag.hold_lag(Duration::from_millis(200));
     agree(&registry, Some("overloaded")).await;
-    registry.send(Shutdown).await.expect("drained");
+    registry.send(Shutdown::default()).await.expect("drained");
     agree(&registry, Some("shutting_down")).await;
 }
 
@@ -135,7 +141,14 @@ async fn admission_pace_refuses_a_burst_without_turning_ready_off() {
     let mut admitted = 0;
     let mut overloaded = 0;
     for _ in 0..30 {
-        match registry.send(Admit { peer: PEER }).await.expect("admit") {
+        match registry
+            .send(Admit {
+                peer: PEER,
+                takeover: None,
+            })
+            .await
+            .expect("admit")
+        {
             Ok(_) => admitted += 1,
             Err(e) => {
                 assert_eq!(e.code(), "overloaded");

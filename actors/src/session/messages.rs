@@ -33,6 +33,8 @@ pub enum EndReason {
     HandshakeTimeout,
     /// Admitted, but the WebSocket upgrade failed.
     UpgradeFailed,
+    /// Handed over to another node (`[nats]`): it goes on there.
+    HandedOver,
 }
 
 impl EndReason {
@@ -47,6 +49,7 @@ impl EndReason {
             EndReason::ResumeBufferOverflow => "resume_buffer_overflow",
             EndReason::HandshakeTimeout => "handshake_timeout",
             EndReason::UpgradeFailed => "upgrade_failed",
+            EndReason::HandedOver => "handed_over",
         }
     }
 }
@@ -174,6 +177,14 @@ struct IntakeState {
 }
 
 impl IntakeGate {
+    /// A gate whose client stream is already `frames` in (a session taken over from
+    /// another node continues the timeline).
+    pub fn starting_at(frames: u64) -> Self {
+        let gate = Self::default();
+        gate.lock().frames = frames;
+        gate
+    }
+
     /// Lets `connection` add audio from now on, shutting out any other; returns the position.
     pub fn hand_to(&self, connection: u64) -> u64 {
         let mut state = self.lock();
@@ -272,6 +283,22 @@ pub struct SessionRoute {
     pub from_client: Recipient<FromClient>,
     /// Connections report their end here.
     pub gone: Recipient<ConnectionGone>,
+    /// Another node takes the session over, or the server hands it over on shutdown.
+    pub hand_over: Recipient<HandOver>,
+}
+
+/// Hand the session over to another node (`[nats]`): flush the pipeline so the stream holds
+/// every event of the audio read, log a `handed_over` record, close the connection (if any)
+/// with `code`, and end here without `session.closed`. The client resumes on another node.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct HandOver {
+    /// Close code for the attached connection: 4002 when a resume on another node takes
+    /// the session, 1012 when this server is shutting down.
+    pub code: u16,
+    /// Answered once the record is published, or `NotHere` if the session cannot be handed
+    /// over (resume off, ending, no NATS).
+    pub reply: tokio::sync::oneshot::Sender<crate::cluster::records::HandoverReply>,
 }
 
 /// A session is running under an admitted id (sent by the session when it starts).

@@ -5,6 +5,8 @@
 //! - [`outbox`]: sequenced messages kept for replay on resume.
 //! - `pipeline_output`: the pipeline's output turned into messages for the client.
 //! - `resume`: the resume token, attaching and detaching connections.
+//! - `handover`: with `[nats]`, logging to the stream, handing the session to another
+//!   node, and starting from another node's log ([`Takeover`]).
 //!
 //! Life of a session, top to bottom: [`Session::start`] builds the pipeline and starts the
 //! actor, which registers with the registry; the first connection attaches and gets
@@ -15,14 +17,17 @@
 //! `resume_window_s` passes. `stop`, an [`Expire`] from the registry, or a fatal error flush
 //! the pipeline, send `session.closed` and close the connection; `stopped` unregisters.
 
+mod handover;
 pub mod messages;
 pub mod outbox;
 mod pipeline_output;
 mod resume;
 
+pub use handover::Takeover;
 pub use messages::*;
 
 use self::outbox::Outbox;
+use crate::cluster::Cluster;
 use crate::counters::SessionCounters;
 use crate::error::{close_code, SessionError};
 use crate::metrics::{Metrics, StageStats, TimingSampler};
@@ -34,7 +39,7 @@ use crate::protocol::{
 use crate::settings::{BackpressurePolicy, SessionConfig};
 use actix::prelude::*;
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::Ordering::{self, Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -47,6 +52,8 @@ enum FlushKind {
     Requested,
     /// The session is closing.
     Closing,
+    /// The session is being handed over to another node.
+    Handover,
 }
 
 /// What a session is started with.
@@ -67,6 +74,10 @@ pub struct SessionSpec {
     pub register: Recipient<Register>,
     /// Where the session reports its end.
     pub unregister: Recipient<Unregister>,
+    /// NATS, when `[nats]` is on: the session logs its messages there.
+    pub cluster: Option<Cluster>,
+    /// Set when the session continues one another node ran.
+    pub takeover: Option<Takeover>,
 }
 
 fn route_of(addr: &Addr<Session>) -> SessionRoute {
@@ -75,6 +86,7 @@ fn route_of(addr: &Addr<Session>) -> SessionRoute {
         check_resume: addr.clone().recipient(),
         from_client: addr.clone().recipient(),
         gone: addr.clone().recipient(),
+        hand_over: addr.clone().recipient(),
     }
 }
 
@@ -115,6 +127,17 @@ pub struct Session {
     restarts: VecDeque<Instant>,
     register: Recipient<Register>,
     unregister: Recipient<Unregister>,
+    /// NATS, when on (see `handover`).
+    cluster: Option<Cluster>,
+    /// Where a handover in progress answers, and the close code for the connection.
+    handing_over: Option<(
+        u16,
+        tokio::sync::oneshot::Sender<crate::cluster::records::HandoverReply>,
+    )>,
+    /// Continues a session another node ran: what it starts with (taken in `started`).
+    takeover: Option<Takeover>,
+    /// Was taken over from a node that was lost: a resuming client may be ahead of the log.
+    node_lost: bool,
     metrics: Arc<Metrics>,
     stage: Arc<StageStats>,
     timing: TimingSampler,
@@ -134,9 +157,16 @@ impl Session {
             ttl_s,
             register,
             unregister,
+            cluster,
+            takeover,
         } = spec;
         let stages = Pipeline::stage_names(&catalog, &config.pipeline.processors);
         let counters = Arc::new(SessionCounters::new(stages));
+        if let Some(t) = &takeover {
+            counters
+                .pipeline_samples
+                .store(t.pipeline_start(params.input), Ordering::Relaxed);
+        }
         let mut ctx: Context<Session> = Context::new();
         ctx.set_mailbox_capacity(config.pipeline.mailbox_capacity.get());
         let pipeline = Pipeline::start(
@@ -148,20 +178,33 @@ impl Session {
             counters.clone(),
             &metrics,
         )?;
-        let (token, token_hash) = match config.limits.resume_window_s {
-            0 => (None, None),
+        let (token, token_hash) = match (&takeover, config.limits.resume_window_s) {
+            (Some(t), _) => (None, Some(t.token_hash)),
+            (None, 0) => (None, None),
             _ => {
                 let token = resume::new_token();
                 let hash = resume::token_hash(&token);
                 (Some(token), Some(hash))
             }
         };
+        let replay_bytes = config.limits.replay_buffer_bytes();
+        let (outbox, intake) = match &takeover {
+            Some(t) => (
+                Outbox::resuming(replay_bytes, t.next_seq, &t.recent),
+                IntakeGate::starting_at(t.input_frames),
+            ),
+            None => (Outbox::new(replay_bytes), IntakeGate::default()),
+        };
         let session = Session {
-            outbox: Outbox::new(config.limits.replay_buffer_bytes()),
+            outbox,
             span: tracing::info_span!("session", id = %id),
             stage: metrics.stage("session", config.pipeline.mailbox_capacity.get()),
             timing: TimingSampler::default(),
-            intake: Arc::new(IntakeGate::default()),
+            intake: Arc::new(intake),
+            node_lost: takeover.as_ref().is_some_and(|t| t.node_lost),
+            takeover,
+            cluster,
+            handing_over: None,
             id,
             params,
             config,
@@ -224,6 +267,7 @@ impl Session {
             });
             return self.end(ctx, EndReason::ResumeBufferOverflow);
         }
+        self.log_event(seq, event, &text);
         self.send_text(text);
         self.check_reader(ctx);
     }
@@ -363,6 +407,7 @@ impl Session {
         }
         self.ended = Some(reason);
         self.intake.close();
+        self.log_end(reason);
         if let Some(conn) = self.attached.take() {
             conn.to_client.do_send(ToClient::Close {
                 code: close_code::INTERNAL,
@@ -479,6 +524,7 @@ impl Actor for Session {
         });
         self.span
             .in_scope(|| info!(input = ?self.params.input, "session started"));
+        self.start_takeover(ctx);
         // A client that stopped reading is caught even when nothing new is being sent.
         let every = Duration::from_secs(self.config.limits.heartbeat_interval_s);
         ctx.run_interval(every, |act, ctx| act.check_reader(ctx));

@@ -52,6 +52,28 @@ impl Outbox {
         }
     }
 
+    /// The outbox of a session taken over from another node: the next message carries
+    /// `next_seq`, and `recent` (`(seq, text)` in order, from the stream) is held for
+    /// replay as far back as it runs without a gap up to `next_seq - 1`. `session.started`
+    /// (seq 0) is never held.
+    pub fn resuming(max_bytes: usize, next_seq: u64, recent: &[(u64, String)]) -> Self {
+        let mut outbox = Self::new(max_bytes);
+        outbox.next_seq = next_seq;
+        let mut start = recent.len();
+        let mut expect = next_seq;
+        while start > 0 && expect > 1 && recent[start - 1].0 + 1 == expect {
+            start -= 1;
+            expect -= 1;
+        }
+        outbox.let_go_through = expect.saturating_sub(1);
+        outbox.first_seq = expect.max(1);
+        for (seq, text) in &recent[start..] {
+            // Attached: older messages make room; nothing is refused.
+            let _ = outbox.keep(*seq, text, true);
+        }
+        outbox
+    }
+
     /// Gives `event` the next `seq`; returns its JSON text, `seq` first.
     pub fn sequence(&mut self, event: &ServerEvent) -> (u64, Arc<str>) {
         let seq = self.next_seq;
@@ -169,6 +191,28 @@ mod tests {
 
     fn event(n: u64) -> ServerEvent {
         ServerEvent::Custom(json!({"type": "test", "n": n}))
+    }
+
+    #[test]
+    fn a_resuming_outbox_holds_the_gapless_tail_and_continues_the_seq() {
+        let recent: Vec<(u64, String)> = [0u64, 1, 2, 4, 5, 6]
+            .iter()
+            .map(|&s| (s, format!("{{\"seq\":{s}}}")))
+            .collect();
+        let mut outbox = Outbox::resuming(1 << 20, 7, &recent);
+        assert_eq!(outbox.newest(), 6);
+        // 3 is missing: a client behind it cannot be brought up to date.
+        assert!(!outbox.can_replay_after(2));
+        assert!(outbox.can_replay_after(3));
+        let replay = outbox.after(3);
+        assert_eq!(replay.len(), 3);
+        assert_eq!(&*replay[0], "{\"seq\":4}");
+        let (seq, _) = outbox.sequence(&event(7));
+        assert_eq!(seq, 7);
+        // Nothing logged but session.started: the next message is 1, nothing to replay.
+        let outbox = Outbox::resuming(1 << 20, 1, &recent[..1]);
+        assert!(outbox.can_replay_after(0));
+        assert!(outbox.after(0).is_empty());
     }
 
     #[test]

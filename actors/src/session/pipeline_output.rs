@@ -47,8 +47,12 @@ impl Handler<PipelineOutput> for Session {
                 conn.to_client.do_send(ToClient::Binary(pcm));
             }
             PipelineOutput::Flushed { audio_ms } => {
-                if self.flushes.pop_front() == Some(FlushKind::Requested) {
-                    self.deliver(ctx, &ServerEvent::Flushed { audio_ms });
+                match self.flushes.pop_front() {
+                    Some(FlushKind::Requested) => {
+                        self.deliver(ctx, &ServerEvent::Flushed { audio_ms })
+                    }
+                    Some(FlushKind::Handover) => self.finish_handover(ctx),
+                    _ => {}
                 }
                 if let (Some(reason), true) = (self.closing, self.flushes.is_empty()) {
                     self.finish(ctx, reason, reason.close_code());

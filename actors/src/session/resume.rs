@@ -44,13 +44,15 @@ impl Session {
         let Some(hash) = &self.token_hash else {
             return Err(ResumeRefusal::NotFound);
         };
-        if self.ended.is_some() || self.closing.is_some() {
+        if self.ended.is_some() || self.closing.is_some() || self.handing_over() {
             return Err(ResumeRefusal::NotFound);
         }
         if !bool::from(token_hash(&req.token)[..].ct_eq(&hash[..])) {
             return Err(ResumeRefusal::TokenInvalid);
         }
-        if !self.outbox.can_replay_after(req.last_seq) {
+        // After a lost node the client may hold messages the log never got: it is rewound.
+        let ahead = self.node_lost && req.last_seq > self.outbox.newest();
+        if !ahead && !self.outbox.can_replay_after(req.last_seq) {
             return Err(ResumeRefusal::SeqOutOfRange {
                 got: req.last_seq,
                 oldest: self.outbox.oldest_resumable(),
@@ -147,6 +149,7 @@ impl Handler<Attach> for Session {
                 return Err(ResumeRefusal::NotFound);
             }
             self.attach(ctx, msg.connection);
+            self.log_started();
             let started = self.started_event();
             self.deliver(ctx, &started);
             return Ok(self.attached_reply());
@@ -160,13 +163,16 @@ impl Handler<Attach> for Session {
             self.let_go(ctx, close_code::TAKEN_OVER, Some("session_taken_over"));
         }
         let frames = self.attach(ctx, msg.connection);
-        let replay = self.outbox.after(req.last_seq);
+        let newest = self.outbox.newest();
+        let rewound_to = (req.last_seq > newest).then_some(newest);
+        let replay = self.outbox.after(req.last_seq.min(newest));
         let rate = u64::from(self.params.input.sample_rate.max(1));
         let resumed = ServerEvent::SessionResumed {
             session_id: self.id,
             audio_ms: frames * 1000 / rate,
             input_frames: frames,
             replayed: replay.len(),
+            rewound_to,
         };
         self.send_text(resumed.to_json().into());
         self.replay_allowance = replay.iter().map(|t| super::frame_len(t.len())).sum();

@@ -1,0 +1,671 @@
+//! Scale-out on NATS JetStream (`[nats]`): every session's events in a stream for
+//! downstream consumers, node heartbeats for the cluster view, and what a node needs to take
+//! over a session whose node is gone or hands it over.
+//!
+//! # Layout
+//! - [`records`]: the wire contract: subjects, lifecycle, session and node records.
+//! - `publisher`: the one task writing to JetStream, behind a bounded queue.
+//! - [`log`]: a session's log read back for a takeover (a pure fold).
+//!
+//! NATS runs on a thread of its own (a small tokio runtime): the audio workers never poll a
+//! NATS future. Sessions hand records to a [`Cluster`] handle with a non-blocking, bounded
+//! queue; queries (the cluster view, a takeover's reads) run on that thread and are awaited
+//! from anywhere. A NATS server that is down or slow costs sessions nothing: records wait
+//! in the queue (bounded by `nats.max_pending`), then are counted as unpublished.
+
+pub mod log;
+mod publisher;
+pub mod records;
+
+use self::log::SessionLog;
+use self::publisher::Record;
+pub use self::records::unix_ms;
+use self::records::*;
+use crate::metrics::NatsMetrics;
+use crate::settings::NatsSettings;
+use async_nats::jetstream::{self, consumer, kv, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+use uuid::Uuid;
+
+/// Heartbeats a node may miss before the nodes bucket forgets it.
+const MISSED_HEARTBEATS: u32 = 3;
+/// Handover requests waiting for the server to take them.
+const HANDOVER_QUEUE: usize = 64;
+
+/// Why NATS could not be used. Never shown to clients (a takeover that fails is
+/// `internal_error`); the server logs it.
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    /// `nats.credentials_file` could not be read.
+    #[error("nats.credentials_file \"{path}\": {source}")]
+    Credentials {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `nats.url` does not parse or the client could not start.
+    #[error("nats.url \"{url}\": {message}")]
+    Connect {
+        /// The URL(s).
+        url: String,
+        /// The client's error.
+        message: String,
+    },
+    /// A request to NATS failed or timed out.
+    #[error("NATS {what}: {message}")]
+    Request {
+        /// What was asked.
+        what: &'static str,
+        /// The client's error.
+        message: String,
+    },
+    /// The NATS thread is gone (the server is stopping).
+    #[error("the NATS thread has stopped")]
+    Stopped,
+}
+
+fn request_error(what: &'static str) -> impl Fn(String) -> ClusterError {
+    move |message| ClusterError::Request { what, message }
+}
+
+/// State the handle and the NATS thread share.
+pub(crate) struct Shared {
+    settings: NatsSettings,
+    metrics: NatsMetrics,
+    /// The client is connected to a NATS server (its connection events say).
+    link_up: AtomicBool,
+    /// Publishing is not failing (false from a failed write until the next success).
+    publishing: AtomicBool,
+}
+
+impl Shared {
+    /// Connected and publishing; kept in the `nats_connected` gauge on every change.
+    fn connected(&self) -> bool {
+        self.link_up.load(Relaxed) && self.publishing.load(Relaxed)
+    }
+
+    fn set_link(&self, up: bool) {
+        self.link_up.store(up, Relaxed);
+        self.metrics.connected.set(i64::from(self.connected()));
+    }
+
+    fn set_publishing(&self, ok: bool) {
+        self.publishing.store(ok, Relaxed);
+        self.metrics.connected.set(i64::from(self.connected()));
+    }
+
+    fn node_ttl(&self) -> Duration {
+        Duration::from_secs(self.settings.heartbeat_interval_s * u64::from(MISSED_HEARTBEATS))
+    }
+}
+
+/// A request from another node to hand a session over, for the server to carry out.
+#[derive(Debug)]
+pub struct HandoverAsk {
+    /// The session.
+    pub session_id: Uuid,
+    /// The node asking.
+    pub to_node: String,
+    /// Where to answer; dropping it answers [`HandoverReply::NotHere`].
+    pub reply: oneshot::Sender<HandoverReply>,
+}
+
+/// What `/ready` and `/v1/stats` say about NATS.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ClusterStatus {
+    /// Connected to NATS and publishing without failures.
+    pub connected: bool,
+    /// Records waiting to be published.
+    pub pending: usize,
+    /// Records dropped unpublished since the start (the queue was full).
+    pub unpublished: u64,
+    /// Records published since the start.
+    pub published: u64,
+}
+
+/// A node's handle to NATS; cheap to clone. See the module docs.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: String,
+    shared: Arc<Shared>,
+    queue: mpsc::Sender<Record>,
+    runtime: tokio::runtime::Handle,
+    client: async_nats::Client,
+    js: jetstream::Context,
+    handovers: Mutex<Option<mpsc::Receiver<HandoverAsk>>>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("node", &self.inner.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cluster {
+    /// Starts the NATS thread and the client as `node`. Returns once the client exists, not
+    /// once it is connected: a NATS server that is down at startup is retried in the
+    /// background (records queue meanwhile). Fails on a bad URL or credentials file.
+    pub fn start(
+        settings: &NatsSettings,
+        node: &str,
+        metrics: NatsMetrics,
+    ) -> Result<Cluster, ClusterError> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let settings = settings.clone();
+        let node = node.to_owned();
+        std::thread::Builder::new()
+            .name("voxrt-nats".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(ClusterError::Connect {
+                            url: settings.url.clone(),
+                            message: e.to_string(),
+                        }));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let started = Self::connect(settings, node, metrics).await;
+                    let running = started.is_ok();
+                    let _ = ready_tx.send(started);
+                    if running {
+                        // The client's and publisher's tasks run on this thread until the
+                        // process exits.
+                        futures_util::future::pending::<()>().await;
+                    }
+                });
+            })
+            .map_err(|e| ClusterError::Connect {
+                url: String::new(),
+                message: e.to_string(),
+            })?;
+        ready_rx.recv().map_err(|_| ClusterError::Stopped)?
+    }
+
+    /// Runs on the NATS thread: the client, the publisher and the handover service.
+    async fn connect(
+        settings: NatsSettings,
+        node: String,
+        metrics: NatsMetrics,
+    ) -> Result<Cluster, ClusterError> {
+        let shared = Arc::new(Shared {
+            settings,
+            metrics,
+            link_up: AtomicBool::new(false),
+            publishing: AtomicBool::new(true),
+        });
+        let settings = &shared.settings;
+        let events = shared.clone();
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("voxrt {node}"))
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(move |event| {
+                let events = events.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => events.set_link(true),
+                        async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                            events.set_link(false)
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        if !settings.credentials_file.is_empty() {
+            options = options
+                .credentials_file(&settings.credentials_file)
+                .await
+                .map_err(|source| ClusterError::Credentials {
+                    path: settings.credentials_file.clone(),
+                    source,
+                })?;
+        }
+        let urls: Vec<async_nats::ServerAddr> = settings
+            .url
+            .split(',')
+            .map(|u| u.trim().parse())
+            .collect::<Result<_, _>>()
+            .map_err(|e: std::io::Error| ClusterError::Connect {
+                url: settings.url.clone(),
+                message: e.to_string(),
+            })?;
+        let client = options
+            .connect(urls)
+            .await
+            .map_err(|e| ClusterError::Connect {
+                url: settings.url.clone(),
+                message: e.to_string(),
+            })?;
+        let timeout = Duration::from_millis(settings.publish_timeout_ms);
+        let js = jetstream::ContextBuilder::new()
+            .timeout(timeout)
+            .ack_timeout(timeout)
+            .build(client.clone());
+        let (queue, rx) = mpsc::channel(settings.max_pending.max(1));
+        tokio::spawn(publisher::run(js.clone(), rx, shared.clone()));
+        let (asks, handovers) = mpsc::channel(HANDOVER_QUEUE);
+        tokio::spawn(serve_handovers(
+            client.clone(),
+            handover_subject(&shared.settings.subject_prefix, &node),
+            asks,
+            Duration::from_millis(shared.settings.handover_timeout_ms),
+        ));
+        let cluster = Cluster {
+            inner: Arc::new(Inner {
+                node,
+                shared,
+                queue,
+                runtime: tokio::runtime::Handle::current(),
+                client,
+                js,
+                handovers: Mutex::new(Some(handovers)),
+            }),
+        };
+        Ok(cluster)
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// `[nats]` as the cluster was started with.
+    pub fn settings(&self) -> &NatsSettings {
+        &self.inner.shared.settings
+    }
+
+    /// Queues `record` without waiting; a full queue drops it, counted unpublished.
+    fn queue(&self, record: Record) {
+        if self.inner.queue.try_send(record).is_err() {
+            self.inner.shared.metrics.unpublished.inc();
+        }
+    }
+
+    /// Logs one of `session`'s messages: `text` is its JSON with `seq` (the token-free form
+    /// for `session.started`).
+    pub fn event(&self, session: Uuid, seq: u64, text: &str) {
+        self.queue(Record::Publish {
+            subject: events_subject(&self.inner.shared.settings.subject_prefix, session),
+            msg_id: format!("{session}.{seq}"),
+            payload: Bytes::copy_from_slice(text.as_bytes()),
+        });
+    }
+
+    /// Logs a lifecycle record.
+    pub fn lifecycle(&self, record: &Lifecycle) {
+        let session = match record {
+            Lifecycle::Started { session_id, .. }
+            | Lifecycle::Closed { session_id, .. }
+            | Lifecycle::HandedOver { session_id, .. }
+            | Lifecycle::TakenOver { session_id, .. } => *session_id,
+        };
+        let Ok(json) = serde_json::to_vec(record) else {
+            return;
+        };
+        self.queue(Record::Publish {
+            subject: lifecycle_subject(&self.inner.shared.settings.subject_prefix, session),
+            msg_id: format!("{session}.lifecycle.{}", Uuid::new_v4()),
+            payload: Bytes::from(json),
+        });
+    }
+
+    /// Records (or replaces) a resumable session's state.
+    pub fn put_session(&self, session: Uuid, record: &SessionRecord) {
+        if let Ok(json) = serde_json::to_vec(record) {
+            self.queue(Record::PutSession {
+                key: session.to_string(),
+                value: Bytes::from(json),
+            });
+        }
+    }
+
+    /// Forgets a session's state (it ended for good).
+    pub fn delete_session(&self, session: Uuid) {
+        self.queue(Record::DeleteSession {
+            key: session.to_string(),
+        });
+    }
+
+    /// Resolves once everything queued so far is written. Waits for room in the queue
+    /// (callers bound the wait).
+    pub async fn drained(&self) -> Result<(), ClusterError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .queue
+            .send(Record::Marker(tx))
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
+        rx.await.map_err(|_| ClusterError::Stopped)
+    }
+
+    /// Publishing figures now.
+    pub fn status(&self) -> ClusterStatus {
+        let m = &self.inner.shared.metrics;
+        ClusterStatus {
+            connected: self.inner.shared.connected(),
+            pending: self.inner.queue.max_capacity() - self.inner.queue.capacity(),
+            unpublished: m.unpublished.get(),
+            published: m.published.get(),
+        }
+    }
+
+    /// The handover requests other nodes send this one; `None` after the first call.
+    pub fn take_handover_requests(&self) -> Option<mpsc::Receiver<HandoverAsk>> {
+        self.inner.handovers.lock().ok()?.take()
+    }
+
+    /// Runs `work` on the NATS thread.
+    async fn on_nats<T, F>(&self, work: F) -> Result<T, ClusterError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, ClusterError>> + Send + 'static,
+    {
+        self.inner
+            .runtime
+            .spawn(work)
+            .await
+            .map_err(|_| ClusterError::Stopped)?
+    }
+
+    /// Writes this node's heartbeat.
+    pub async fn heartbeat(&self, record: NodeRecord) -> Result<(), ClusterError> {
+        let js = self.inner.js.clone();
+        let shared = self.inner.shared.clone();
+        self.on_nats(async move {
+            let store = bucket(&js, &shared.settings.nodes_bucket, shared.node_ttl())
+                .await
+                .ok_or(ClusterError::Request {
+                    what: "nodes bucket",
+                    message: "not available".into(),
+                })?;
+            let json = serde_json::to_vec(&record).unwrap_or_default();
+            store
+                .put(record.node.as_str(), Bytes::from(json))
+                .await
+                .map_err(|e| request_error("heartbeat")(e.to_string()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes this node's heartbeat (it is stopping).
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        let js = self.inner.js.clone();
+        let shared = self.inner.shared.clone();
+        let node = self.inner.node.clone();
+        self.on_nats(async move {
+            if let Some(store) = bucket(&js, &shared.settings.nodes_bucket, shared.node_ttl()).await
+            {
+                store
+                    .delete(node.as_str())
+                    .await
+                    .map_err(|e| request_error("leave")(e.to_string()))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The live nodes (those whose heartbeat has not expired), by name.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, ClusterError> {
+        let js = self.inner.js.clone();
+        let shared = self.inner.shared.clone();
+        self.on_nats(async move {
+            let store = bucket(&js, &shared.settings.nodes_bucket, shared.node_ttl())
+                .await
+                .ok_or(ClusterError::Request {
+                    what: "nodes bucket",
+                    message: "not available".into(),
+                })?;
+            let mut keys = store
+                .keys()
+                .await
+                .map_err(|e| request_error("nodes")(e.to_string()))?;
+            let mut nodes = Vec::new();
+            while let Some(key) = keys.next().await {
+                let Ok(key) = key else { continue };
+                if let Ok(Some(value)) = store.get(key).await {
+                    if let Ok(node) = serde_json::from_slice::<NodeRecord>(&value) {
+                        nodes.push(node);
+                    }
+                }
+            }
+            nodes.sort_by(|a, b| a.node.cmp(&b.node));
+            Ok(nodes)
+        })
+        .await
+    }
+
+    /// Whether `node` has a live heartbeat.
+    pub async fn is_live(&self, node: &str) -> Result<bool, ClusterError> {
+        Ok(self.nodes().await?.iter().any(|n| n.node == node))
+    }
+
+    /// A session's state, if some node recorded it and it has not ended.
+    pub async fn session_record(
+        &self,
+        session: Uuid,
+    ) -> Result<Option<SessionRecord>, ClusterError> {
+        let js = self.inner.js.clone();
+        let shared = self.inner.shared.clone();
+        self.on_nats(async move {
+            let Some(store) = bucket(
+                &js,
+                &shared.settings.sessions_bucket,
+                Duration::from_secs(shared.settings.max_age_s),
+            )
+            .await
+            else {
+                return Err(ClusterError::Request {
+                    what: "sessions bucket",
+                    message: "not available".into(),
+                });
+            };
+            let value = store
+                .get(session.to_string())
+                .await
+                .map_err(|e| request_error("session record")(e.to_string()))?;
+            Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
+        })
+        .await
+    }
+
+    /// Reads `session`'s messages from the stream, keeping at most `max_recent_bytes` of
+    /// its latest events.
+    pub async fn session_log(
+        &self,
+        session: Uuid,
+        max_recent_bytes: usize,
+    ) -> Result<SessionLog, ClusterError> {
+        let js = self.inner.js.clone();
+        let shared = self.inner.shared.clone();
+        self.on_nats(async move {
+            let err = request_error("session log");
+            let settings = &shared.settings;
+            let stream = js
+                .get_stream(&settings.stream)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let prefix = &settings.subject_prefix;
+            let events = events_subject(prefix, session);
+            let mut log = SessionLog::new(max_recent_bytes);
+            let consumer = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject: format!("{prefix}.sessions.{session}.*"),
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let mut consumer = consumer;
+            let pending = consumer
+                .info()
+                .await
+                .map_err(|e| err(e.to_string()))?
+                .num_pending;
+            if pending == 0 {
+                return Ok(log);
+            }
+            let mut messages = consumer.messages().await.map_err(|e| err(e.to_string()))?;
+            let timeout = Duration::from_millis(settings.publish_timeout_ms);
+            loop {
+                let next = tokio::time::timeout(timeout, messages.next())
+                    .await
+                    .map_err(|_| err("timed out reading".into()))?;
+                let Some(message) = next else { break };
+                let message = message.map_err(|e| err(e.to_string()))?;
+                let info = message.info().map_err(|e| err(e.to_string()))?;
+                let remaining = info.pending;
+                log.newest_ms = log
+                    .newest_ms
+                    .max((info.published.unix_timestamp_nanos() / 1_000_000) as u64);
+                if message.subject.as_str() == events {
+                    if let Ok(text) = std::str::from_utf8(&message.payload) {
+                        log.event(text);
+                    }
+                } else if let Ok(record) = serde_json::from_slice::<Lifecycle>(&message.payload) {
+                    log.lifecycle(&record);
+                }
+                if remaining == 0 {
+                    break;
+                }
+            }
+            Ok(log)
+        })
+        .await
+    }
+
+    /// Asks `node` to hand `session` over to this node.
+    pub async fn request_handover(
+        &self,
+        node: &str,
+        session: Uuid,
+    ) -> Result<HandoverReply, ClusterError> {
+        let client = self.inner.client.clone();
+        let subject = handover_subject(&self.inner.shared.settings.subject_prefix, node);
+        let request = HandoverRequest {
+            session_id: session,
+            to_node: self.inner.node.clone(),
+        };
+        // The holder's own wait is handover_timeout_ms; its answer may take a moment more.
+        let settings = &self.inner.shared.settings;
+        let timeout =
+            Duration::from_millis(settings.handover_timeout_ms + settings.publish_timeout_ms);
+        self.on_nats(async move {
+            let payload = Bytes::from(serde_json::to_vec(&request).unwrap_or_default());
+            let asked = tokio::time::timeout(timeout, client.request(subject, payload)).await;
+            match asked {
+                Err(_) => Err(request_error("handover")("timed out".into())),
+                Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    Ok(HandoverReply::NotHere)
+                }
+                Ok(Err(e)) => Err(request_error("handover")(e.to_string())),
+                Ok(Ok(reply)) => serde_json::from_slice(&reply.payload)
+                    .map_err(|e| request_error("handover reply")(e.to_string())),
+            }
+        })
+        .await
+    }
+}
+
+/// The bucket `name`, created with `max_age` if missing; `None` while NATS does not answer.
+///
+/// Created as the stream a key-value bucket is (`KV_<name>` on `$KV.<name>.>`, one value
+/// per key) rather than through the client's bucket call: that one first reads account
+/// fields nats-server 2.9 (Debian 12's) does not send, and fails there.
+async fn bucket(js: &jetstream::Context, name: &str, max_age: Duration) -> Option<kv::Store> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Some(store);
+    }
+    let created = js
+        .create_stream(stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await;
+    // Another node may have created it meanwhile: either way, open it.
+    let store = js.get_key_value(name).await.ok();
+    if store.is_none() {
+        if let Err(e) = created {
+            warn!(error = %e, bucket = name, "NATS key-value bucket not available");
+        }
+    }
+    store
+}
+
+/// Answers handover requests on this node's subject by passing them to the server.
+async fn serve_handovers(
+    client: async_nats::Client,
+    subject: String,
+    asks: mpsc::Sender<HandoverAsk>,
+    timeout: Duration,
+) {
+    let mut subscription = loop {
+        match client.subscribe(subject.clone()).await {
+            Ok(s) => break s,
+            Err(e) => {
+                warn!(error = %e, "cannot subscribe to handover requests; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    while let Some(message) = subscription.next().await {
+        let Some(reply_to) = message.reply.clone() else {
+            continue;
+        };
+        // Each in a task of its own: a handover waits for its session to flush.
+        let (client, asks) = (client.clone(), asks.clone());
+        tokio::spawn(async move {
+            let answer = match serde_json::from_slice::<HandoverRequest>(&message.payload) {
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    let ask = HandoverAsk {
+                        session_id: request.session_id,
+                        to_node: request.to_node,
+                        reply: tx,
+                    };
+                    if asks.try_send(ask).is_ok() {
+                        tokio::time::timeout(timeout, rx)
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .unwrap_or(HandoverReply::NotHere)
+                    } else {
+                        HandoverReply::NotHere
+                    }
+                }
+                Err(_) => HandoverReply::NotHere,
+            };
+            let payload = Bytes::from(serde_json::to_vec(&answer).unwrap_or_default());
+            let _ = client.publish(reply_to, payload).await;
+        });
+    }
+}

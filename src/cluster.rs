@@ -1,0 +1,294 @@
+//! The server's side of `[nats]`: starting the link, this node's heartbeat, answering other
+//! nodes' handover requests, `/v1/cluster`, and taking over a session another node ran
+//! when its client resumes here.
+
+use crate::auth::admin::denial;
+use crate::AppState;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tracing::{info, warn};
+use uuid::Uuid;
+use voxrt_actors::cluster::log::TakeoverPoint;
+use voxrt_actors::cluster::records::{HandoverReply, NodeRecord};
+use voxrt_actors::cluster::{unix_ms, Cluster, ClusterError};
+use voxrt_actors::error::{close_code, AdmissionError};
+use voxrt_actors::metrics::NatsMetrics;
+use voxrt_actors::registry::{Admit, FindSession, GetStats, Unregister};
+use voxrt_actors::session::{
+    CheckResume, HandOver, ResumeRefusal, ResumeRequest, Session, SessionRoute, SessionSpec,
+    Takeover,
+};
+use voxrt_actors::settings::NatsSettings;
+
+/// This node's name: `nats.node`, else the host name (its characters outside
+/// `[A-Za-z0-9_-]` made `-`).
+pub fn node_name(settings: &NatsSettings) -> String {
+    if !settings.node.is_empty() {
+        return settings.node.clone();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let name: String = host
+        .trim()
+        .chars()
+        .map(
+            |c| match c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                true => c,
+                false => '-',
+            },
+        )
+        .collect();
+    match name.is_empty() {
+        true => format!("voxrt-{}", &Uuid::new_v4().simple().to_string()[..8]),
+        false => name,
+    }
+}
+
+/// Starts the link when `[nats]` is on.
+pub fn start(
+    settings: &NatsSettings,
+    metrics: NatsMetrics,
+) -> Result<Option<Cluster>, ClusterError> {
+    if !settings.enabled() {
+        return Ok(None);
+    }
+    let node = node_name(settings);
+    let cluster = Cluster::start(settings, &node, metrics)?;
+    info!(%node, url = %settings.url, "NATS on: logging events, heartbeating, resume on any node");
+    Ok(Some(cluster))
+}
+
+/// Heartbeats and answers handover requests for as long as the server runs.
+pub fn serve(state: web::Data<AppState>, cluster: Cluster, addr: SocketAddr) {
+    let address = match cluster.settings().advertise.as_str() {
+        "" => addr.to_string(),
+        a => a.to_owned(),
+    };
+    let beat = state.clone();
+    let beating = cluster.clone();
+    actix::spawn(async move {
+        let started_ms = unix_ms();
+        let every = Duration::from_secs(beating.settings().heartbeat_interval_s);
+        let mut failing = false;
+        loop {
+            if let Ok(stats) = beat.registry.send(GetStats).await {
+                let status = beating.status();
+                let record = NodeRecord {
+                    node: beating.node().to_owned(),
+                    address: address.clone(),
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    started_ms,
+                    heartbeat_ms: unix_ms(),
+                    sessions: stats.sessions_active + stats.sessions_reserved,
+                    detached: stats.sessions_detached,
+                    max_sessions: stats.max_sessions,
+                    refusal: stats.refusal.map(str::to_owned),
+                    lag_ms: beat.lag.lag().as_millis() as u64,
+                    pending: status.pending,
+                    unpublished: status.unpublished,
+                };
+                match beating.heartbeat(record).await {
+                    Ok(()) if failing => {
+                        info!("NATS heartbeat recovered");
+                        failing = false;
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        warn!(error = %e, "NATS heartbeat failed; this node drops out of the cluster view until it recovers");
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+    let Some(mut asks) = cluster.take_handover_requests() else {
+        return;
+    };
+    actix::spawn(async move {
+        while let Some(ask) = asks.recv().await {
+            let route = state
+                .registry
+                .send(FindSession { id: ask.session_id })
+                .await;
+            let Ok(Some(route)) = route else {
+                let _ = ask.reply.send(HandoverReply::NotHere);
+                continue;
+            };
+            info!(session = %ask.session_id, to = %ask.to_node, "handing a session over on request");
+            route.hand_over.do_send(HandOver {
+                code: close_code::TAKEN_OVER,
+                reply: ask.reply,
+            });
+        }
+    });
+}
+
+/// `GET /v1/cluster` (admin): the live nodes and totals. 404 while `[nats]` is off.
+pub async fn cluster_view(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let current = state.current();
+    if let Some(denied) = denial(&req, &current.settings.admin.token_sha256) {
+        return denied;
+    }
+    let Some(cluster) = &state.cluster else {
+        return HttpResponse::NotFound().json(json!({"error": {
+            "code": "cluster_off",
+            "message": "this node runs without NATS ([nats] url is empty)",
+            "correlation_id": Uuid::new_v4(),
+        }}));
+    };
+    match cluster.nodes().await {
+        Ok(nodes) => {
+            let sessions: usize = nodes.iter().map(|n| n.sessions).sum();
+            let capacity: usize = nodes.iter().map(|n| n.max_sessions).sum();
+            HttpResponse::Ok().json(json!({
+                "node": cluster.node(),
+                "nodes": nodes,
+                "totals": {
+                    "nodes": nodes.len(),
+                    "sessions": sessions,
+                    "detached": nodes.iter().map(|n| n.detached).sum::<usize>(),
+                    "max_sessions": capacity,
+                    "accepting": nodes.iter().filter(|n| n.refusal.is_none()).count(),
+                },
+            }))
+        }
+        Err(e) => {
+            let correlation_id = Uuid::new_v4();
+            warn!(%correlation_id, error = %e, "cluster view unavailable");
+            HttpResponse::ServiceUnavailable().json(json!({"error": {
+                "code": "cluster_unavailable",
+                "message": "NATS did not answer; the cluster view is unavailable",
+                "correlation_id": correlation_id,
+            }}))
+        }
+    }
+}
+
+/// A resume for a session this node does not hold: take it over from another node (it
+/// hands it over if alive, else the stream is all there is). Returns the new session's
+/// route once it checked `request`.
+pub async fn take_over(
+    state: &AppState,
+    cluster: &Cluster,
+    peer: IpAddr,
+    id: Uuid,
+    request: &ResumeRequest,
+) -> Result<SessionRoute, AdmissionError> {
+    let internal = |e: ClusterError| {
+        warn!(session = %id, error = %e, "takeover failed");
+        AdmissionError::Internal
+    };
+    let record = cluster
+        .session_record(id)
+        .await
+        .map_err(internal)?
+        .ok_or(AdmissionError::SessionNotFound)?;
+    let presented: [u8; 32] = Sha256::digest(request.token.as_bytes()).into();
+    let stored = hex::decode(&record.token_sha256).unwrap_or_default();
+    if stored.len() != 32 || !bool::from(presented[..].ct_eq(&stored[..])) {
+        return Err(AdmissionError::ResumeTokenInvalid);
+    }
+    let token_hash: [u8; 32] = stored.try_into().map_err(|_| AdmissionError::Internal)?;
+    if record.node != cluster.node() && cluster.is_live(&record.node).await.map_err(internal)? {
+        match cluster
+            .request_handover(&record.node, id)
+            .await
+            .map_err(internal)?
+        {
+            HandoverReply::HandedOver => {}
+            // Alive but without the session: it ended there, or is ending.
+            HandoverReply::NotHere => {}
+        }
+    }
+    let current = state.current();
+    let limits = &current.settings.session;
+    let log = cluster
+        .session_log(id, limits.replay_buffer_bytes())
+        .await
+        .map_err(internal)?;
+    if log.closed || log.last_seq.is_none() {
+        return Err(AdmissionError::SessionNotFound);
+    }
+    let params = record.params.clone();
+    let rate = u64::from(params.input.sample_rate);
+    if !(8_000..=192_000).contains(&rate) || !(1..=8).contains(&params.input.channels) {
+        return Err(AdmissionError::Internal);
+    }
+    let (input_frames, next_seq, open_segment_ms, node_lost) = match log.point() {
+        TakeoverPoint::HandedOver {
+            input_frames,
+            next_seq,
+            ..
+        } => (input_frames, next_seq, None, false),
+        TakeoverPoint::NodeLost {
+            covered_ms,
+            last_seq,
+        } => {
+            // A lost node's session waits for its client as a detached one would.
+            let window_ms =
+                limits.resume_window_s * 1000 + cluster.settings().heartbeat_interval_s * 3000;
+            if unix_ms().saturating_sub(log.newest_ms) > window_ms {
+                return Err(AdmissionError::SessionNotFound);
+            }
+            let next = last_seq.map_or(0, |s| s + 1);
+            (covered_ms * rate / 1000, next, log.open_segment_ms, true)
+        }
+    };
+    let admitted = state
+        .registry
+        .send(Admit {
+            peer,
+            takeover: Some(id),
+        })
+        .await
+        .map_err(|_| AdmissionError::Internal)??;
+    let takeover = Takeover {
+        token_hash,
+        input_frames,
+        next_seq,
+        recent: log.recent.into_iter().collect(),
+        open_segment_ms,
+        from_node: record.node.clone(),
+        node_lost,
+    };
+    let started = Session::start(SessionSpec {
+        id: admitted,
+        params,
+        config: current.session_config.clone(),
+        catalog: state.catalog.clone(),
+        metrics: state.metrics.clone(),
+        ttl_s: record.ttl_s,
+        register: state.registry.clone().recipient(),
+        unregister: state.registry.clone().recipient(),
+        cluster: Some(cluster.clone()),
+        takeover: Some(takeover),
+    });
+    let route = match started {
+        Ok((_, route)) => route,
+        Err(e) => {
+            warn!(session = %id, error = %e, "pipeline could not start for a takeover");
+            state.registry.do_send(Unregister {
+                id,
+                reason: voxrt_actors::registry::EndReason::UpgradeFailed,
+            });
+            return Err(AdmissionError::Internal);
+        }
+    };
+    match route.check_resume.send(CheckResume(request.clone())).await {
+        Ok(Ok(())) => Ok(route),
+        Ok(Err(e @ ResumeRefusal::SeqOutOfRange { .. })) => Err(AdmissionError::InvalidParameter {
+            param: "last_seq",
+            message: e.to_string(),
+        }),
+        Ok(Err(ResumeRefusal::TokenInvalid)) => Err(AdmissionError::ResumeTokenInvalid),
+        _ => Err(AdmissionError::SessionNotFound),
+    }
+}

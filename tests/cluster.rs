@@ -1,0 +1,583 @@
+//! Scale-out on NATS JetStream, with real processes: a `nats-server -js` per test (Debian's
+//! package) and two or three `voxrt` binaries on 127.0.0.1, OS-picked ports everywhere.
+//!
+//! What users notice: every event a client got is in the stream, in order, for consumers
+//! started later; NATS going away costs sessions nothing; a client whose node is killed or
+//! drained resumes on another node with every `seq` once; operators see nodes come and go.
+
+mod common;
+
+use common::audio;
+use common::nats::NatsServer;
+use common::process::ServerProcess;
+use common::{http, poll_until, Client, Received};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const ALSA: &str = "/usr/share/sounds/alsa";
+const RATE: u32 = 48_000;
+const QUERY: &str = "sample_rate=48000&channels=1&encoding=pcm_s16le";
+/// 20 ms of 48 kHz mono s16.
+const CHUNK: usize = 1920;
+
+/// Recorded speech with pauses: several speech segments.
+fn speech() -> Vec<u8> {
+    let mut mono = Vec::new();
+    for name in ["Front_Center", "Front_Left"] {
+        let (samples, rate) = audio::read_wav(&format!("{ALSA}/{name}.wav"));
+        let at_48k = audio::resample(&samples, rate, RATE);
+        mono.extend(audio::padded(&at_48k, RATE, 0.5, 0.8));
+    }
+    audio::s16le(&mono, 1)
+}
+
+/// A voxrt node on NATS at `nats`, named `node`, plus `extra` settings.
+fn node(nats: &NatsServer, name: &str, extra: &[(&str, &str)]) -> ServerProcess {
+    let url = nats.url();
+    let mut envs = vec![
+        ("VOXRT_NATS__URL", url.as_str()),
+        ("VOXRT_NATS__NODE", name),
+        ("VOXRT_NATS__HEARTBEAT_INTERVAL_S", "1"),
+        ("VOXRT_NATS__PUBLISH_TIMEOUT_MS", "1000"),
+    ];
+    envs.extend_from_slice(extra);
+    ServerProcess::start(&envs)
+}
+
+/// GET `url` as JSON from async code.
+async fn get(url: String) -> (u16, Value) {
+    tokio::task::spawn_blocking(move || {
+        let reply = http::request("GET", &url, None);
+        (reply.status, reply.json())
+    })
+    .await
+    .expect("request")
+}
+
+/// Every message of `session` in the stream: `(events, lifecycle records)`, in stream order.
+async fn read_log(js: &async_nats::jetstream::Context, session: &str) -> (Vec<Value>, Vec<Value>) {
+    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    let stream = js.get_stream("VOXRT_EVENTS").await.expect("stream exists");
+    let mut consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: format!("voxrt.sessions.{session}.>"),
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let (mut events, mut lifecycle) = (Vec::new(), Vec::new());
+    if consumer.info().await.expect("info").num_pending == 0 {
+        return (events, lifecycle);
+    }
+    let mut messages = consumer.messages().await.expect("messages");
+    loop {
+        let message = tokio::time::timeout(common::HANG, messages.next())
+            .await
+            .expect("stream read hung")
+            .expect("stream open")
+            .expect("message");
+        let value: Value = serde_json::from_slice(&message.payload).expect("JSON");
+        if message.subject.ends_with(".events") {
+            events.push(value);
+        } else {
+            lifecycle.push(value);
+        }
+        if message.info().expect("info").pending == 0 {
+            return (events, lifecycle);
+        }
+    }
+}
+
+/// Polls the stream until `session`'s log holds an event with `seq` >= `seq`.
+async fn wait_logged(js: &async_nats::jetstream::Context, session: &str, seq: u64) {
+    poll_until(
+        "the stream to hold the session's events",
+        Duration::from_millis(50),
+        || async {
+            read_log(js, session)
+                .await
+                .0
+                .iter()
+                .filter_map(|e| e["seq"].as_u64())
+                .max()
+        },
+        |last| last.is_some_and(|l| l >= seq),
+    )
+    .await;
+}
+
+/// Events by seq; panics on a seq seen twice with different content.
+#[derive(Default)]
+struct Seen {
+    by_seq: BTreeMap<u64, Value>,
+}
+
+impl Seen {
+    fn add(&mut self, event: Value) {
+        let seq = event["seq"].as_u64().expect("every message carries seq");
+        if let Some(before) = self.by_seq.insert(seq, event.clone()) {
+            assert_eq!(before, event, "seq {seq} came twice with different content");
+        }
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.by_seq.keys().next_back().copied().unwrap_or(0)
+    }
+
+    fn assert_contiguous(&self) {
+        let seqs: Vec<u64> = self.by_seq.keys().copied().collect();
+        let want: Vec<u64> = (0..=self.last_seq()).collect();
+        assert_eq!(seqs, want, "seq gap or duplicate");
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.by_seq.values().cloned().collect()
+    }
+
+    /// Drops what came after `seq` (a resume's `rewound_to`: never logged, produced again).
+    fn rewind(&mut self, seq: u64) {
+        self.by_seq.retain(|&s, _| s <= seq);
+    }
+}
+
+/// `(event, t_ms)` of every VAD event, in order.
+fn segments(events: &[Value]) -> Vec<(String, u64)> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "vad")
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap_or_default().to_owned(),
+                e["t_ms"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// The resume query for a session whose `started` event and last seq are given.
+fn resume_query(started: &Value, last_seq: u64) -> String {
+    format!(
+        "resume={}&resume_token={}&last_seq={last_seq}",
+        started["session_id"].as_str().expect("session_id"),
+        started["resume"]["token"].as_str().expect("resume token"),
+    )
+}
+
+/// Resumes through `url`; returns the client, the `session.resumed` frame, and the byte
+/// offset in `QUERY`'s format to resend from. Replayed events go into `got`.
+async fn resume(url: &str, got: &mut Seen) -> (Client, Value, usize) {
+    let mut client = Client::connect_raw(url).await.expect("resume admitted");
+    let resumed = match client.recv().await {
+        Received::Event(v) if v["type"] == "session.resumed" => v,
+        other => panic!("expected session.resumed, got {other:?}"),
+    };
+    let frames = resumed["input_frames"].as_u64().expect("input_frames");
+    if let Some(seq) = resumed["rewound_to"].as_u64() {
+        got.rewind(seq);
+    }
+    for _ in 0..resumed["replayed"].as_u64().expect("replayed") {
+        match client.recv().await {
+            Received::Event(v) => got.add(v),
+            other => panic!("expected a replayed event, got {other:?}"),
+        }
+    }
+    (client, resumed, frames as usize * 2)
+}
+
+/// Reads until the connection ends, keeping every event; returns the close code.
+async fn read_until_closed(client: &mut Client, got: &mut Seen) -> Option<u16> {
+    loop {
+        match client.recv().await {
+            Received::Event(v) => got.add(v),
+            Received::Audio(_) => {}
+            Received::Closed(c) => return c.map(|(code, _)| code),
+        }
+    }
+}
+
+/// The reference: `pcm` streamed whole on one node, without any loss.
+async fn reference(server: &ServerProcess, pcm: &[u8]) -> Vec<(String, u64)> {
+    let mut c = Client::admitted(&server.url(QUERY)).await;
+    for chunk in pcm.chunks(CHUNK) {
+        c.send_audio(chunk.to_vec()).await;
+    }
+    let (events, code) = c.stop().await;
+    assert_eq!(code, Some(1000));
+    segments(&events)
+}
+
+/// `got` equals `want` within 64 ms per boundary, except that one segment may be split at
+/// `at_ms` (a `speech_end` within 200 ms of it, then a `speech_start` within 600 ms).
+fn assert_segments_match(got: &[(String, u64)], want: &[(String, u64)], at_ms: u64) {
+    let mut merged: Vec<(String, u64)> = Vec::new();
+    let mut i = 0;
+    while i < got.len() {
+        let split = got[i].0 == "speech_end"
+            && got[i].1.abs_diff(at_ms) <= 200
+            && got
+                .get(i + 1)
+                .is_some_and(|(e, t)| e == "speech_start" && t.abs_diff(at_ms) <= 600);
+        if split {
+            i += 2;
+            continue;
+        }
+        merged.push(got[i].clone());
+        i += 1;
+    }
+    assert_eq!(
+        merged.len(),
+        want.len(),
+        "segments {got:?} (split at {at_ms} allowed) vs reference {want:?}"
+    );
+    for ((e1, t1), (e2, t2)) in merged.iter().zip(want) {
+        assert_eq!(e1, e2, "{merged:?} vs {want:?}");
+        assert!(
+            t1.abs_diff(*t2) <= 64,
+            "{e1} at {t1} ms vs {t2} ms in the reference: {merged:?} vs {want:?}"
+        );
+    }
+}
+
+/// Every event each of 50 sessions streaming speech in real time got is in the stream,
+/// whole and in seq order, for a consumer that starts reading after they ended; lifecycle
+/// records say which node ran each and how it closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_fifty_real_time_sessions_are_in_the_stream_in_seq_order() {
+    let nats = NatsServer::start();
+    let server = node(&nats, "solo", &[]);
+    // Three seconds of a recording, paced at real time.
+    let pcm = speech();
+    let pcm = pcm[..(RATE as usize * 2 * 3).min(pcm.len())].to_vec();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (url, pcm) = (server.url(QUERY), pcm.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::admitted(&url).await;
+            let started = c.started.clone();
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            for chunk in pcm.chunks(CHUNK) {
+                tick.tick().await;
+                c.send_audio(chunk.to_vec()).await;
+            }
+            let (mut events, code) = c.stop().await;
+            assert_eq!(code, Some(1000));
+            events.insert(0, started);
+            events
+        }));
+    }
+    let js = nats.jetstream().await;
+    for task in tasks {
+        let got = task.await.expect("client");
+        let id = got[0]["session_id"].as_str().expect("id").to_owned();
+        let last = got.last().expect("events")["seq"].as_u64().expect("seq");
+        wait_logged(&js, &id, last).await;
+        let (logged, lifecycle) = read_log(&js, &id).await;
+        // As the client got them, except that the token is not logged.
+        let mut want = got.clone();
+        want[0].as_object_mut().expect("object").remove("resume");
+        assert_eq!(
+            logged, want,
+            "session {id}: the stream holds what the client got"
+        );
+        assert!(logged.iter().any(|e| e["type"] == "level"));
+        let kinds: Vec<&str> = lifecycle
+            .iter()
+            .filter_map(|r| r["type"].as_str())
+            .collect();
+        assert_eq!(kinds, ["started", "closed"], "session {id}");
+        assert_eq!(lifecycle[0]["node"], "solo");
+        assert_eq!(lifecycle[0]["params"]["input"]["sample_rate"], RATE);
+        assert_eq!(lifecycle[1]["reason"], "client_stop");
+        assert_eq!(lifecycle[1]["stats"], got.last().expect("closed")["stats"]);
+    }
+    let (status, ready) = get(format!("{}/ready", server.http())).await;
+    assert_eq!(status, 200);
+    assert_eq!(ready["nats"]["connected"], true);
+    assert_eq!(ready["nats"]["unpublished"], 0);
+}
+
+/// NATS killed under load and started again: every session goes on and ends normally,
+/// what could not be queued is counted as unpublished (`/ready`, `/metrics`), and
+/// publishing recovers: the sessions' ends are in the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_killed_and_restarted_under_load_costs_sessions_nothing() {
+    let mut nats = NatsServer::start();
+    let server = node(&nats, "solo", &[("VOXRT_NATS__MAX_PENDING", "50")]);
+    let ready = || get(format!("{}/ready", server.http()));
+    poll_until(
+        "publishing to start",
+        Duration::from_millis(50),
+        ready,
+        |(_, r)| r["nats"]["connected"] == true,
+    )
+    .await;
+    let tone = audio::s16le(&audio::tone(RATE, 440.0, 0.3, 1.0), 1);
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(Client::admitted(&server.url(QUERY)).await);
+    }
+    // Audio keeps flowing while NATS is down: each second of it makes ten level events
+    // per session, far more than the 50 records the queue holds.
+    nats.kill();
+    let mut rounds = 0;
+    loop {
+        for c in &mut clients {
+            for chunk in tone.chunks(CHUNK) {
+                c.send_audio(chunk.to_vec()).await;
+            }
+            c.send_json(json!({"type": "flush"})).await;
+            let mut audio = Vec::new();
+            let events = c.until("flushed", &mut audio).await;
+            assert!(
+                events.iter().all(|e| e["type"] != "error"),
+                "no session fails while NATS is down: {events:?}"
+            );
+        }
+        rounds += 1;
+        let (status, r) = ready().await;
+        assert_eq!(status, 200, "NATS down does not make the node unready");
+        if r["nats"]["connected"] == false && r["nats"]["unpublished"].as_u64() > Some(0) {
+            break;
+        }
+        assert!(rounds < 600, "unpublished never counted: {r}");
+    }
+    let metrics = tokio::task::spawn_blocking({
+        let url = format!("{}/metrics", server.http());
+        move || http::request("GET", &url, None).body
+    })
+    .await
+    .expect("metrics");
+    let unpublished = metrics
+        .lines()
+        .find(|l| l.starts_with("voxrt_nats_unpublished_total "))
+        .expect("unpublished counter");
+    assert_ne!(unpublished, "voxrt_nats_unpublished_total 0", "{metrics}");
+    assert!(metrics.contains("voxrt_nats_connected 0"));
+
+    nats.restart();
+    poll_until(
+        "publishing to recover",
+        Duration::from_millis(50),
+        ready,
+        |(_, r)| r["nats"]["connected"] == true && r["nats"]["pending"] == 0,
+    )
+    .await;
+    let js = nats.jetstream().await;
+    for c in clients {
+        let id = c.started["session_id"].as_str().expect("id").to_owned();
+        let (events, code) = c.stop().await;
+        assert_eq!(code, Some(1000));
+        let closed = events.last().expect("session.closed");
+        assert_eq!(closed["type"], "session.closed");
+        assert_eq!(closed["reason"], "client_stop");
+        let last = closed["seq"].as_u64().expect("seq");
+        wait_logged(&js, &id, last).await;
+        let (logged, lifecycle) = read_log(&js, &id).await;
+        assert_eq!(
+            logged.last(),
+            Some(closed),
+            "the end is logged after recovery"
+        );
+        assert!(lifecycle.iter().any(|r| r["type"] == "closed"));
+    }
+}
+
+/// A node killed (SIGKILL) mid-speech: its client resumes through another node, resends
+/// from where the new node says, and ends with every seq exactly once and the speech
+/// segments of the same audio streamed without a loss (one may be split at the takeover
+/// point).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_client_resumes_on_another_node_with_every_seq_once() {
+    let nats = NatsServer::start();
+    let mut a = node(&nats, "node-a", &[]);
+    let b = node(&nats, "node-b", &[]);
+    let pcm = speech();
+    let want = reference(&b, &pcm).await;
+    assert!(want.len() >= 4, "reference has segments: {want:?}");
+
+    let mut client = Client::admitted(&a.url(QUERY)).await;
+    let started = client.started.clone();
+    let id = started["session_id"].as_str().expect("id").to_owned();
+    let mut got = Seen::default();
+    got.add(started.clone());
+    // Mid-word: inside the first phrase's speech.
+    let cut_at = (RATE as usize * 2) * 9 / 10 / CHUNK * CHUNK;
+    for chunk in pcm[..cut_at].chunks(CHUNK) {
+        client.send_audio(chunk.to_vec()).await;
+    }
+    client
+        .send_json(json!({"type": "ping", "id": "before"}))
+        .await;
+    let mut audio_out = Vec::new();
+    for e in client.until("pong", &mut audio_out).await {
+        got.add(e);
+    }
+    // Node A dies once the stream holds what its client had at the pong. Events A made
+    // after it may reach the client and not the stream (the client is then told to rewind)
+    // or the stream and not the client (replayed): either way nothing is lost or repeated.
+    let js = nats.jetstream().await;
+    wait_logged(&js, &id, got.last_seq()).await;
+    a.child.kill().expect("kill -9 node A");
+    let _ = a.child.wait();
+    assert_ne!(read_until_closed(&mut client, &mut got).await, Some(1000));
+
+    let (mut client, resumed, from) =
+        resume(&b.url(&resume_query(&started, got.last_seq())), &mut got).await;
+    assert!(
+        from <= cut_at,
+        "the new node cannot resume past what A read"
+    );
+    let at_ms = resumed["audio_ms"].as_u64().expect("audio_ms");
+    for chunk in pcm[from..].chunks(CHUNK) {
+        client.send_audio(chunk.to_vec()).await;
+    }
+    let (events, code) = client.stop().await;
+    assert_eq!(code, Some(1000));
+    for e in events {
+        got.add(e);
+    }
+    got.assert_contiguous();
+    let all = got.events();
+    assert_segments_match(&segments(&all), &want, at_ms);
+    let closed = all.last().expect("events");
+    assert_eq!(closed["type"], "session.closed");
+    // The stream tells the story: started on A, taken over by B after A was lost.
+    let (logged, lifecycle) = read_log(&js, &id).await;
+    let logged_seqs: Vec<u64> = logged.iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert_eq!(logged_seqs, (0..=got.last_seq()).collect::<Vec<_>>());
+    let taken = lifecycle
+        .iter()
+        .find(|r| r["type"] == "taken_over")
+        .expect("a taken_over record");
+    assert_eq!(taken["node"], "node-b");
+    assert_eq!(taken["from_node"], "node-a");
+    assert_eq!(taken["node_lost"], true);
+}
+
+/// With `nats.handover_on_shutdown`, a node sent SIGTERM hands its session over instead of
+/// closing it: the connection closes 1012, and the client resumes on another node without
+/// losing or repeating anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_hands_its_sessions_over() {
+    let nats = NatsServer::start();
+    let a = node(
+        &nats,
+        "node-a",
+        &[("VOXRT_NATS__HANDOVER_ON_SHUTDOWN", "true")],
+    );
+    let b = node(&nats, "node-b", &[]);
+    let pcm = speech();
+    let want = reference(&b, &pcm).await;
+
+    let mut client = Client::admitted(&a.url(QUERY)).await;
+    let started = client.started.clone();
+    let id = started["session_id"].as_str().expect("id").to_owned();
+    let mut got = Seen::default();
+    got.add(started.clone());
+    let cut_at = (RATE as usize * 2) * 9 / 10 / CHUNK * CHUNK;
+    for chunk in pcm[..cut_at].chunks(CHUNK) {
+        client.send_audio(chunk.to_vec()).await;
+    }
+    // The pong follows every frame before it: A has read all the audio.
+    client
+        .send_json(json!({"type": "ping", "id": "read"}))
+        .await;
+    let mut audio_out = Vec::new();
+    for e in client.until("pong", &mut audio_out).await {
+        got.add(e);
+    }
+    a.signal("TERM");
+    let code = read_until_closed(&mut client, &mut got).await;
+    assert_eq!(code, Some(1012), "a handed-over connection closes 1012");
+    assert!(
+        got.events().iter().all(|e| e["type"] != "session.closed"),
+        "the session was not closed"
+    );
+    let (exit, _) = a.wait();
+    assert_eq!(exit, Some(0));
+
+    let (mut client, resumed, from) =
+        resume(&b.url(&resume_query(&started, got.last_seq())), &mut got).await;
+    assert_eq!(
+        from, cut_at,
+        "every byte A read was processed before the handover"
+    );
+    let at_ms = resumed["audio_ms"].as_u64().expect("audio_ms");
+    for chunk in pcm[from..].chunks(CHUNK) {
+        client.send_audio(chunk.to_vec()).await;
+    }
+    let (events, code) = client.stop().await;
+    assert_eq!(code, Some(1000));
+    for e in events {
+        got.add(e);
+    }
+    got.assert_contiguous();
+    assert_segments_match(&segments(&got.events()), &want, at_ms);
+    let js = nats.jetstream().await;
+    let (_, lifecycle) = read_log(&js, &id).await;
+    let kinds: Vec<&str> = lifecycle
+        .iter()
+        .filter_map(|r| r["type"].as_str())
+        .collect();
+    assert_eq!(kinds, ["started", "handed_over", "taken_over", "closed"]);
+    assert_eq!(lifecycle[2]["node_lost"], false);
+}
+
+/// `/v1/cluster` lists the nodes whose heartbeats are live: one that stops cleanly leaves
+/// at once, one that is killed drops out once its heartbeat expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_view_shows_nodes_appearing_and_disappearing() {
+    let nats = NatsServer::start();
+    let a = node(&nats, "node-a", &[]);
+    let names = |v: &Value| -> Vec<String> {
+        v["nodes"]
+            .as_array()
+            .map(|n| {
+                n.iter()
+                    .filter_map(|n| n["node"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let view = || get(format!("{}/v1/cluster", a.http()));
+    let wait_for = |want: Vec<&'static str>| {
+        poll_until(
+            "the cluster view",
+            Duration::from_millis(100),
+            view,
+            move |(s, v)| *s == 200 && names(v) == want,
+        )
+    };
+    wait_for(vec!["node-a"]).await;
+    let b = node(&nats, "node-b", &[]);
+    let mut c = node(&nats, "node-c", &[]);
+    let (_, v) = wait_for(vec!["node-a", "node-b", "node-c"]).await;
+    assert_eq!(v["node"], "node-a");
+    assert_eq!(v["totals"]["nodes"], 3);
+    let client = Client::admitted(&b.url(QUERY)).await;
+    let (_, v) = poll_until(
+        "node-b's session in the view",
+        Duration::from_millis(100),
+        view,
+        |(_, v)| v["totals"]["sessions"] == 1,
+    )
+    .await;
+    let b_record = &v["nodes"][1];
+    assert_eq!(b_record["sessions"], 1);
+    assert_eq!(b_record["address"], format!("127.0.0.1:{}", b.port));
+    drop(client);
+    b.signal("TERM");
+    let _ = b.wait();
+    wait_for(vec!["node-a", "node-c"]).await;
+    c.child.kill().expect("kill -9 node C");
+    let _ = c.child.wait();
+    wait_for(vec!["node-a"]).await;
+    // Without NATS the endpoint says so.
+    let solo = ServerProcess::start(&[]);
+    let (status, body) = get(format!("{}/v1/cluster", solo.http())).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "cluster_off");
+}
