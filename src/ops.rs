@@ -67,17 +67,24 @@ async fn ready(state: web::Data<AppState>) -> HttpResponse {
     };
     // NATS trouble does not make a node unready (sessions go on without it), but it is
     // shown: `connected` false and `unpublished` growing mean the event log has gaps.
-    let nats = state.cluster.as_ref().map(|c| c.status());
-    match stats.refusal {
-        Some(reason) => HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "not_ready", "reason": reason, "nats": nats})),
-        None => HttpResponse::Ok().json(json!({
-            "status": "ready",
-            "sessions": stats.sessions_active + stats.sessions_reserved,
-            "max_sessions": stats.max_sessions,
-            "nats": nats,
-        })),
+    let (status, mut body) = match stats.refusal {
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"status": "not_ready", "reason": reason}),
+        ),
+        None => (
+            StatusCode::OK,
+            json!({
+                "status": "ready",
+                "sessions": stats.sessions_active + stats.sessions_reserved,
+                "max_sessions": stats.max_sessions,
+            }),
+        ),
+    };
+    if let (Some(cluster), Some(obj)) = (&state.cluster, body.as_object_mut()) {
+        obj.insert("nats".into(), json!(cluster.status()));
     }
+    HttpResponse::build(status).json(body)
 }
 
 #[derive(Deserialize)]
