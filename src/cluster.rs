@@ -197,16 +197,13 @@ pub async fn take_over(
         return Err(AdmissionError::ResumeTokenInvalid);
     }
     let token_hash: [u8; 32] = stored.try_into().map_err(|_| AdmissionError::Internal)?;
+    // A live holder hands the session over first; one that answers `NotHere` no longer
+    // has it (it ended there, or was never started): the log decides either way.
     if record.node != cluster.node() && cluster.is_live(&record.node).await.map_err(internal)? {
-        match cluster
+        cluster
             .request_handover(&record.node, id)
             .await
-            .map_err(internal)?
-        {
-            HandoverReply::HandedOver => {}
-            // Alive but without the session: it ended there, or is ending.
-            HandoverReply::NotHere => {}
-        }
+            .map_err(internal)?;
     }
     let current = state.current();
     let limits = &current.settings.session;

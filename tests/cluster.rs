@@ -10,10 +10,10 @@ mod common;
 use common::audio;
 use common::nats::NatsServer;
 use common::process::ServerProcess;
+use common::resume::{resume_query, segments, Seen};
 use common::{http, poll_until, Client, Received};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 const ALSA: &str = "/usr/share/sounds/alsa";
@@ -109,63 +109,6 @@ async fn wait_logged(js: &async_nats::jetstream::Context, session: &str, seq: u6
     .await;
 }
 
-/// Events by seq; panics on a seq seen twice with different content.
-#[derive(Default)]
-struct Seen {
-    by_seq: BTreeMap<u64, Value>,
-}
-
-impl Seen {
-    fn add(&mut self, event: Value) {
-        let seq = event["seq"].as_u64().expect("every message carries seq");
-        if let Some(before) = self.by_seq.insert(seq, event.clone()) {
-            assert_eq!(before, event, "seq {seq} came twice with different content");
-        }
-    }
-
-    fn last_seq(&self) -> u64 {
-        self.by_seq.keys().next_back().copied().unwrap_or(0)
-    }
-
-    fn assert_contiguous(&self) {
-        let seqs: Vec<u64> = self.by_seq.keys().copied().collect();
-        let want: Vec<u64> = (0..=self.last_seq()).collect();
-        assert_eq!(seqs, want, "seq gap or duplicate");
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.by_seq.values().cloned().collect()
-    }
-
-    /// Drops what came after `seq` (a resume's `rewound_to`: never logged, produced again).
-    fn rewind(&mut self, seq: u64) {
-        self.by_seq.retain(|&s, _| s <= seq);
-    }
-}
-
-/// `(event, t_ms)` of every VAD event, in order.
-fn segments(events: &[Value]) -> Vec<(String, u64)> {
-    events
-        .iter()
-        .filter(|e| e["type"] == "vad")
-        .map(|e| {
-            (
-                e["event"].as_str().unwrap_or_default().to_owned(),
-                e["t_ms"].as_u64().unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-/// The resume query for a session whose `started` event and last seq are given.
-fn resume_query(started: &Value, last_seq: u64) -> String {
-    format!(
-        "resume={}&resume_token={}&last_seq={last_seq}",
-        started["session_id"].as_str().expect("session_id"),
-        started["resume"]["token"].as_str().expect("resume token"),
-    )
-}
-
 /// Resumes through `url`; returns the client, the `session.resumed` frame, and the byte
 /// offset in `QUERY`'s format to resend from. Replayed events go into `got`.
 async fn resume(url: &str, got: &mut Seen) -> (Client, Value, usize) {
@@ -239,6 +182,32 @@ fn assert_segments_match(got: &[(String, u64)], want: &[(String, u64)], at_ms: u
             "{e1} at {t1} ms vs {t2} ms in the reference: {merged:?} vs {want:?}"
         );
     }
+}
+
+/// Opens a session on `server`, streams `pcm[..cut_at]` and waits for a pong, which
+/// follows every frame before it: the node has read all that audio. Returns the client,
+/// its `session.started`, the session id and what it got.
+async fn stream_until_read(
+    server: &ServerProcess,
+    pcm: &[u8],
+    cut_at: usize,
+) -> (Client, Value, String, Seen) {
+    let mut client = Client::admitted(&server.url(QUERY)).await;
+    let started = client.started.clone();
+    let id = started["session_id"].as_str().expect("id").to_owned();
+    let mut got = Seen::default();
+    got.add(started.clone());
+    for chunk in pcm[..cut_at].chunks(CHUNK) {
+        client.send_audio(chunk.to_vec()).await;
+    }
+    client
+        .send_json(json!({"type": "ping", "id": "read"}))
+        .await;
+    let mut audio_out = Vec::new();
+    for e in client.until("pong", &mut audio_out).await {
+        got.add(e);
+    }
+    (client, started, id, got)
 }
 
 /// Every event each of 50 sessions streaming speech in real time got is in the stream,
@@ -398,23 +367,9 @@ async fn a_killed_nodes_client_resumes_on_another_node_with_every_seq_once() {
     let want = reference(&b, &pcm).await;
     assert!(want.len() >= 4, "reference has segments: {want:?}");
 
-    let mut client = Client::admitted(&a.url(QUERY)).await;
-    let started = client.started.clone();
-    let id = started["session_id"].as_str().expect("id").to_owned();
-    let mut got = Seen::default();
-    got.add(started.clone());
     // Mid-word: inside the first phrase's speech.
     let cut_at = (RATE as usize * 2) * 9 / 10 / CHUNK * CHUNK;
-    for chunk in pcm[..cut_at].chunks(CHUNK) {
-        client.send_audio(chunk.to_vec()).await;
-    }
-    client
-        .send_json(json!({"type": "ping", "id": "before"}))
-        .await;
-    let mut audio_out = Vec::new();
-    for e in client.until("pong", &mut audio_out).await {
-        got.add(e);
-    }
+    let (mut client, started, id, mut got) = stream_until_read(&a, &pcm, cut_at).await;
     // Node A dies once the stream holds what its client had at the pong. Events A made
     // after it may reach the client and not the stream (the client is then told to rewind)
     // or the stream and not the client (replayed): either way nothing is lost or repeated.
@@ -472,23 +427,8 @@ async fn a_draining_node_hands_its_sessions_over() {
     let pcm = speech();
     let want = reference(&b, &pcm).await;
 
-    let mut client = Client::admitted(&a.url(QUERY)).await;
-    let started = client.started.clone();
-    let id = started["session_id"].as_str().expect("id").to_owned();
-    let mut got = Seen::default();
-    got.add(started.clone());
     let cut_at = (RATE as usize * 2) * 9 / 10 / CHUNK * CHUNK;
-    for chunk in pcm[..cut_at].chunks(CHUNK) {
-        client.send_audio(chunk.to_vec()).await;
-    }
-    // The pong follows every frame before it: A has read all the audio.
-    client
-        .send_json(json!({"type": "ping", "id": "read"}))
-        .await;
-    let mut audio_out = Vec::new();
-    for e in client.until("pong", &mut audio_out).await {
-        got.add(e);
-    }
+    let (mut client, started, id, mut got) = stream_until_read(&a, &pcm, cut_at).await;
     a.signal("TERM");
     let code = read_until_closed(&mut client, &mut got).await;
     assert_eq!(code, Some(1012), "a handed-over connection closes 1012");

@@ -6,10 +6,10 @@
 mod common;
 
 use common::proxy::CutProxy;
+use common::resume::{resume_query, segments, Seen};
 use common::{audio, Client, Received, TestServer};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::MaybeTlsStream;
@@ -31,71 +31,6 @@ fn speech() -> Vec<u8> {
         mono.extend(audio::padded(&at_48k, RATE, 0.5, 0.8));
     }
     audio::s16le(&mono, 1)
-}
-
-/// `(event, t_ms)` of every VAD event, in order.
-fn segments(events: &[Value]) -> Vec<(String, u64)> {
-    events
-        .iter()
-        .filter(|e| e["type"] == "vad")
-        .map(|e| {
-            (
-                e["event"].as_str().unwrap_or_default().to_owned(),
-                e["t_ms"].as_u64().unwrap_or_default(),
-            )
-        })
-        .collect()
-}
-
-/// The resume query for a session whose `started` event and last seq are given.
-fn resume_query(started: &Value, last_seq: u64) -> String {
-    format!(
-        "resume={}&resume_token={}&last_seq={last_seq}",
-        started["session_id"].as_str().expect("session_id"),
-        started["resume"]["token"].as_str().expect("resume token"),
-    )
-}
-
-/// Events by seq; panics on a seq seen twice with different content.
-#[derive(Default)]
-struct Seen {
-    by_seq: BTreeMap<u64, Value>,
-}
-
-impl Seen {
-    fn add(&mut self, event: Value) {
-        let seq = event["seq"].as_u64().expect("every message carries seq");
-        if let Some(before) = self.by_seq.insert(seq, event.clone()) {
-            assert_eq!(before, event, "seq {seq} came twice with different content");
-        }
-    }
-
-    fn last_seq(&self) -> u64 {
-        self.by_seq.keys().next_back().copied().unwrap_or(0)
-    }
-
-    /// Every seq from 0 to the last, exactly once.
-    fn assert_contiguous(&self) {
-        let seqs: Vec<u64> = self.by_seq.keys().copied().collect();
-        let want: Vec<u64> = (0..=self.last_seq()).collect();
-        assert_eq!(seqs, want, "seq gap");
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.by_seq.values().cloned().collect()
-    }
-
-    /// Stops `client`, keeps its last events, checks the close and that no seq is missing;
-    /// returns every event in seq order.
-    async fn stop_and_check(&mut self, client: Client) -> Vec<Value> {
-        let (events, code) = client.stop().await;
-        assert_eq!(code, Some(1000));
-        for e in events {
-            self.add(e);
-        }
-        self.assert_contiguous();
-        self.events()
-    }
 }
 
 /// Streams `pcm` whole and stops: the reference events.

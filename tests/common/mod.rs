@@ -8,6 +8,7 @@ pub mod http;
 pub mod nats;
 pub mod process;
 pub mod proxy;
+pub mod resume;
 pub mod tls;
 
 use futures_util::{SinkExt, StreamExt};

@@ -388,17 +388,35 @@ impl Cluster {
             .map_err(|_| ClusterError::Stopped)?
     }
 
+    /// Opens the nodes bucket (or the sessions bucket) on the NATS thread.
+    async fn store(
+        js: &jetstream::Context,
+        shared: &Shared,
+        nodes: bool,
+    ) -> Result<kv::Store, ClusterError> {
+        let s = &shared.settings;
+        let (name, max_age) = match nodes {
+            true => (&s.nodes_bucket, shared.node_ttl()),
+            false => (&s.sessions_bucket, Duration::from_secs(s.max_age_s)),
+        };
+        bucket(js, name, max_age)
+            .await
+            .ok_or(ClusterError::Request {
+                what: if nodes {
+                    "nodes bucket"
+                } else {
+                    "sessions bucket"
+                },
+                message: "not available".into(),
+            })
+    }
+
     /// Writes this node's heartbeat.
     pub async fn heartbeat(&self, record: NodeRecord) -> Result<(), ClusterError> {
         let js = self.inner.js.clone();
         let shared = self.inner.shared.clone();
         self.on_nats(async move {
-            let store = bucket(&js, &shared.settings.nodes_bucket, shared.node_ttl())
-                .await
-                .ok_or(ClusterError::Request {
-                    what: "nodes bucket",
-                    message: "not available".into(),
-                })?;
+            let store = Self::store(&js, &shared, true).await?;
             let json = serde_json::to_vec(&record).unwrap_or_default();
             store
                 .put(record.node.as_str(), Bytes::from(json))
@@ -415,14 +433,11 @@ impl Cluster {
         let shared = self.inner.shared.clone();
         let node = self.inner.node.clone();
         self.on_nats(async move {
-            if let Some(store) = bucket(&js, &shared.settings.nodes_bucket, shared.node_ttl()).await
-            {
-                store
-                    .delete(node.as_str())
-                    .await
-                    .map_err(|e| request_error("leave")(e.to_string()))?;
-            }
-            Ok(())
+            Self::store(&js, &shared, true)
+                .await?
+                .delete(node.as_str())
+                .await
+                .map_err(|e| request_error("leave")(e.to_string()))
         })
         .await
     }
@@ -432,12 +447,7 @@ impl Cluster {
         let js = self.inner.js.clone();
         let shared = self.inner.shared.clone();
         self.on_nats(async move {
-            let store = bucket(&js, &shared.settings.nodes_bucket, shared.node_ttl())
-                .await
-                .ok_or(ClusterError::Request {
-                    what: "nodes bucket",
-                    message: "not available".into(),
-                })?;
+            let store = Self::store(&js, &shared, true).await?;
             let mut keys = store
                 .keys()
                 .await
@@ -470,18 +480,7 @@ impl Cluster {
         let js = self.inner.js.clone();
         let shared = self.inner.shared.clone();
         self.on_nats(async move {
-            let Some(store) = bucket(
-                &js,
-                &shared.settings.sessions_bucket,
-                Duration::from_secs(shared.settings.max_age_s),
-            )
-            .await
-            else {
-                return Err(ClusterError::Request {
-                    what: "sessions bucket",
-                    message: "not available".into(),
-                });
-            };
+            let store = Self::store(&js, &shared, false).await?;
             let value = store
                 .get(session.to_string())
                 .await
