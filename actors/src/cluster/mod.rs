@@ -443,18 +443,32 @@ impl Cluster {
     }
 
     /// The live nodes (those whose heartbeat has not expired), by name.
+    ///
+    /// The keys come from the bucket stream's subject list rather than from a key
+    /// consumer: a consumer waits for a last entry that never comes when a heartbeat
+    /// expires while it is being read, and a killed node's heartbeat does exactly that.
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>, ClusterError> {
         let js = self.inner.js.clone();
         let shared = self.inner.shared.clone();
         self.on_nats(async move {
             let store = Self::store(&js, &shared, true).await?;
-            let mut keys = store
-                .keys()
+            let prefix = format!("$KV.{}.", shared.settings.nodes_bucket);
+            let mut subjects = store
+                .stream
+                .clone()
+                .info_with_subjects(format!("{prefix}>"))
                 .await
                 .map_err(|e| request_error("nodes")(e.to_string()))?;
+            let mut keys = Vec::new();
+            while let Some(subject) = subjects.next().await {
+                let (subject, _) = subject.map_err(|e| request_error("nodes")(e.to_string()))?;
+                if let Some(key) = subject.strip_prefix(&prefix) {
+                    keys.push(key.to_owned());
+                }
+            }
             let mut nodes = Vec::new();
-            while let Some(key) = keys.next().await {
-                let Ok(key) = key else { continue };
+            for key in keys {
+                // Gone since the list was read, or deleted (a node that left): skipped.
                 if let Ok(Some(value)) = store.get(key).await {
                     if let Ok(node) = serde_json::from_slice::<NodeRecord>(&value) {
                         nodes.push(node);
