@@ -273,7 +273,11 @@ impl RunningServer {
             );
         }
         if let Some(cluster) = &self.state.cluster {
-            // Out of the cluster view now rather than when the heartbeat expires.
+            // Other nodes' handover requests answered before the process exits (they
+            // would wait out their timeout), then out of the cluster view now rather than
+            // when the heartbeat expires.
+            let answering = Duration::from_millis(cluster.settings().handover_timeout_ms);
+            let _ = tokio::time::timeout(answering, cluster.close_handovers()).await;
             let _ = tokio::time::timeout(Duration::from_secs(2), cluster.leave()).await;
         }
         for handle in &self.handles {

@@ -412,11 +412,15 @@ async fn a_killed_nodes_client_resumes_on_another_node_with_every_seq_once() {
     assert_eq!(taken["node_lost"], true);
 }
 
-/// With `nats.handover_on_shutdown`, a node sent SIGTERM hands its session over instead of
-/// closing it: the connection closes 1012, and the client resumes on another node without
-/// losing or repeating anything.
+/// With `nats.handover_on_shutdown`, a node sent SIGTERM hands its sessions over instead of
+/// closing them: each connection closes 1012, and each client resumes on another node at
+/// once, while the old node is still stopping, without losing or repeating anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_node_hands_its_sessions_over() {
+    /// Sessions on the draining node: enough that some clients' resumes reach B while A
+    /// is still handing sessions over or about to exit, and B's request to A must be
+    /// answered then.
+    const SESSIONS: usize = 6;
     let nats = NatsServer::start();
     let a = node(
         &nats,
@@ -428,42 +432,55 @@ async fn a_draining_node_hands_its_sessions_over() {
     let want = reference(&b, &pcm).await;
 
     let cut_at = (RATE as usize * 2) * 9 / 10 / CHUNK * CHUNK;
-    let (mut client, started, id, mut got) = stream_until_read(&a, &pcm, cut_at).await;
+    let mut sessions = Vec::new();
+    for _ in 0..SESSIONS {
+        sessions.push(stream_until_read(&a, &pcm, cut_at).await);
+    }
     a.signal("TERM");
-    let code = read_until_closed(&mut client, &mut got).await;
-    assert_eq!(code, Some(1012), "a handed-over connection closes 1012");
-    assert!(
-        got.events().iter().all(|e| e["type"] != "session.closed"),
-        "the session was not closed"
-    );
+    let resumed = sessions
+        .into_iter()
+        .map(|(mut client, started, id, mut got)| {
+            let (b, pcm, want) = (&b, &pcm, &want);
+            async move {
+                let code = read_until_closed(&mut client, &mut got).await;
+                assert_eq!(code, Some(1012), "a handed-over connection closes 1012");
+                assert!(
+                    got.events().iter().all(|e| e["type"] != "session.closed"),
+                    "the session was not closed"
+                );
+                let (mut client, resumed, from) =
+                    resume(&b.url(&resume_query(&started, got.last_seq())), &mut got).await;
+                assert_eq!(
+                    from, cut_at,
+                    "every byte A read was processed before the handover"
+                );
+                let at_ms = resumed["audio_ms"].as_u64().expect("audio_ms");
+                for chunk in pcm[from..].chunks(CHUNK) {
+                    client.send_audio(chunk.to_vec()).await;
+                }
+                let (events, code) = client.stop().await;
+                assert_eq!(code, Some(1000));
+                for e in events {
+                    got.add(e);
+                }
+                got.assert_contiguous();
+                assert_segments_match(&segments(&got.events()), want, at_ms);
+                id
+            }
+        });
+    let ids = futures_util::future::join_all(resumed).await;
     let (exit, _) = a.wait();
     assert_eq!(exit, Some(0));
-
-    let (mut client, resumed, from) =
-        resume(&b.url(&resume_query(&started, got.last_seq())), &mut got).await;
-    assert_eq!(
-        from, cut_at,
-        "every byte A read was processed before the handover"
-    );
-    let at_ms = resumed["audio_ms"].as_u64().expect("audio_ms");
-    for chunk in pcm[from..].chunks(CHUNK) {
-        client.send_audio(chunk.to_vec()).await;
-    }
-    let (events, code) = client.stop().await;
-    assert_eq!(code, Some(1000));
-    for e in events {
-        got.add(e);
-    }
-    got.assert_contiguous();
-    assert_segments_match(&segments(&got.events()), &want, at_ms);
     let js = nats.jetstream().await;
-    let (_, lifecycle) = read_log(&js, &id).await;
-    let kinds: Vec<&str> = lifecycle
-        .iter()
-        .filter_map(|r| r["type"].as_str())
-        .collect();
-    assert_eq!(kinds, ["started", "handed_over", "taken_over", "closed"]);
-    assert_eq!(lifecycle[2]["node_lost"], false);
+    for id in ids {
+        let (_, lifecycle) = read_log(&js, &id).await;
+        let kinds: Vec<&str> = lifecycle
+            .iter()
+            .filter_map(|r| r["type"].as_str())
+            .collect();
+        assert_eq!(kinds, ["started", "handed_over", "taken_over", "closed"]);
+        assert_eq!(lifecycle[2]["node_lost"], false);
+    }
 }
 
 /// `/v1/cluster` lists the nodes whose heartbeats are live: one that stops cleanly leaves

@@ -13,10 +13,13 @@
 //! from anywhere. A NATS server that is down or slow costs sessions nothing: records wait
 //! in the queue (bounded by `nats.max_pending`), then are counted as unpublished.
 
+mod handovers;
 pub mod log;
 mod publisher;
 pub mod records;
 
+pub use self::handovers::HandoverAsk;
+use self::handovers::HandoverService;
 use self::log::SessionLog;
 use self::publisher::Record;
 pub use self::records::unix_ms;
@@ -37,8 +40,6 @@ use uuid::Uuid;
 
 /// Heartbeats a node may miss before the nodes bucket forgets it.
 const MISSED_HEARTBEATS: u32 = 3;
-/// Handover requests waiting for the server to take them.
-const HANDOVER_QUEUE: usize = 64;
 
 /// Why NATS could not be used. Never shown to clients (a takeover that fails is
 /// `internal_error`); the server logs it.
@@ -108,17 +109,6 @@ impl Shared {
     }
 }
 
-/// A request from another node to hand a session over, for the server to carry out.
-#[derive(Debug)]
-pub struct HandoverAsk {
-    /// The session.
-    pub session_id: Uuid,
-    /// The node asking.
-    pub to_node: String,
-    /// Where to answer; dropping it answers [`HandoverReply::NotHere`].
-    pub reply: oneshot::Sender<HandoverReply>,
-}
-
 /// What `/ready` and `/v1/stats` say about NATS.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct ClusterStatus {
@@ -146,6 +136,7 @@ struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
     handovers: Mutex<Option<mpsc::Receiver<HandoverAsk>>>,
+    handover_service: HandoverService,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -264,13 +255,12 @@ impl Cluster {
             .build(client.clone());
         let (queue, rx) = mpsc::channel(settings.max_pending.max(1));
         tokio::spawn(publisher::run(js.clone(), rx, shared.clone()));
-        let (asks, handovers) = mpsc::channel(HANDOVER_QUEUE);
-        tokio::spawn(serve_handovers(
+        let (handover_service, handovers) = HandoverService::start(
             client.clone(),
-            handover_subject(&shared.settings.subject_prefix, &node),
-            asks,
+            &shared.settings.subject_prefix,
+            &node,
             Duration::from_millis(shared.settings.handover_timeout_ms),
-        ));
+        );
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 node,
@@ -280,6 +270,7 @@ impl Cluster {
                 client,
                 js,
                 handovers: Mutex::new(Some(handovers)),
+                handover_service,
             }),
         };
         Ok(cluster)
@@ -422,6 +413,18 @@ impl Cluster {
                 .put(record.node.as_str(), Bytes::from(json))
                 .await
                 .map_err(|e| request_error("heartbeat")(e.to_string()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stops answering handover requests (a request sent after this meets no responder),
+    /// answers those already taken, and flushes the answers: call it once the sessions have
+    /// been closed or handed over, before the process exits.
+    pub async fn close_handovers(&self) -> Result<(), ClusterError> {
+        let cluster = self.clone();
+        self.on_nats(async move {
+            cluster.inner.handover_service.close().await;
             Ok(())
         })
         .await
@@ -632,53 +635,4 @@ async fn bucket(js: &jetstream::Context, name: &str, max_age: Duration) -> Optio
         }
     }
     store
-}
-
-/// Answers handover requests on this node's subject by passing them to the server.
-async fn serve_handovers(
-    client: async_nats::Client,
-    subject: String,
-    asks: mpsc::Sender<HandoverAsk>,
-    timeout: Duration,
-) {
-    let mut subscription = loop {
-        match client.subscribe(subject.clone()).await {
-            Ok(s) => break s,
-            Err(e) => {
-                warn!(error = %e, "cannot subscribe to handover requests; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
-    while let Some(message) = subscription.next().await {
-        let Some(reply_to) = message.reply.clone() else {
-            continue;
-        };
-        // Each in a task of its own: a handover waits for its session to flush.
-        let (client, asks) = (client.clone(), asks.clone());
-        tokio::spawn(async move {
-            let answer = match serde_json::from_slice::<HandoverRequest>(&message.payload) {
-                Ok(request) => {
-                    let (tx, rx) = oneshot::channel();
-                    let ask = HandoverAsk {
-                        session_id: request.session_id,
-                        to_node: request.to_node,
-                        reply: tx,
-                    };
-                    if asks.try_send(ask).is_ok() {
-                        tokio::time::timeout(timeout, rx)
-                            .await
-                            .ok()
-                            .and_then(Result::ok)
-                            .unwrap_or(HandoverReply::NotHere)
-                    } else {
-                        HandoverReply::NotHere
-                    }
-                }
-                Err(_) => HandoverReply::NotHere,
-            };
-            let payload = Bytes::from(serde_json::to_vec(&answer).unwrap_or_default());
-            let _ = client.publish(reply_to, payload).await;
-        });
-    }
 }

@@ -49,6 +49,9 @@ impl Takeover {
 
 /// How long a handover waits for the stream to take its last records.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Askers a handover under way answers when it is done (the node's own shutdown and other
+/// nodes' resumes of the session; a client retrying its resume asks again each time).
+const MAX_HANDOVER_WAITERS: usize = 8;
 
 impl Session {
     /// Logs a sequenced message to the stream (when NATS is on). `session.started` is
@@ -191,7 +194,7 @@ impl Session {
         });
         let drained = async move { tokio::time::timeout(DRAIN_TIMEOUT, cluster.drained()).await };
         ctx.wait(drained.into_actor(self).map(move |result, act, ctx| {
-            let Some((code, reply)) = act.handing_over.take() else {
+            let Some((code, replies)) = act.handing_over.take() else {
                 return;
             };
             if !matches!(result, Ok(Ok(()))) {
@@ -203,7 +206,9 @@ impl Session {
                 .in_scope(|| info!(input_frames, "session handed over to another node"));
             act.let_go(ctx, code, Some("session_handed_over"));
             act.end(ctx, super::EndReason::HandedOver);
-            let _ = reply.send(HandoverReply::HandedOver);
+            for reply in replies {
+                let _ = reply.send(HandoverReply::HandedOver);
+            }
         }));
     }
 }
@@ -211,18 +216,25 @@ impl Session {
 impl Handler<super::HandOver> for Session {
     type Result = ();
 
-    /// Starts a handover, or answers `NotHere` when the session cannot be handed over.
+    /// Starts a handover, joins the one under way (answered when it is done), or answers
+    /// `NotHere` when the session cannot be handed over.
     fn handle(&mut self, msg: super::HandOver, ctx: &mut Self::Context) {
+        if let Some((_, replies)) = &mut self.handing_over {
+            // Past the bound the request is dropped, which its asker reads as `NotHere`.
+            if replies.len() < MAX_HANDOVER_WAITERS {
+                replies.push(msg.reply);
+            }
+            return;
+        }
         let able = self.cluster.is_some()
             && self.token_hash.is_some()
             && self.ended.is_none()
-            && self.closing.is_none()
-            && self.handing_over.is_none();
+            && self.closing.is_none();
         if !able {
             let _ = msg.reply.send(HandoverReply::NotHere);
             return;
         }
-        self.handing_over = Some((msg.code, msg.reply));
+        self.handing_over = Some((msg.code, vec![msg.reply]));
         if let Some(deadline) = self.resume_deadline.take() {
             ctx.cancel_future(deadline);
         }

@@ -129,10 +129,12 @@ pub struct Session {
     unregister: Recipient<Unregister>,
     /// NATS, when on (see `handover`).
     cluster: Option<Cluster>,
-    /// Where a handover in progress answers, and the close code for the connection.
+    /// A handover in progress: the close code for the connection, and everyone who asked
+    /// for it (a node's shutdown and another node's resume may ask at once; all are
+    /// answered when the stream has the `handed_over` record).
     handing_over: Option<(
         u16,
-        tokio::sync::oneshot::Sender<crate::cluster::records::HandoverReply>,
+        Vec<tokio::sync::oneshot::Sender<crate::cluster::records::HandoverReply>>,
     )>,
     /// Continues a session another node ran: what it starts with (taken in `started`).
     takeover: Option<Takeover>,
