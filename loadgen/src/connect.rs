@@ -78,6 +78,9 @@ pub struct Resumed {
     pub input_frames: u64,
     /// Buffered events the server replays next.
     pub replayed: u64,
+    /// `rewound_to` (a node that took the session over after losing its node has it only up
+    /// to this seq): what the client holds after it comes again.
+    pub rewound_to: Option<u64>,
 }
 
 /// Opens one session: TCP, upgrade, `session.started`. `Err` is the outcome to report.
@@ -173,6 +176,7 @@ pub async fn resume(
         Resumed {
             input_frames,
             replayed: n("replayed").unwrap_or(0),
+            rewound_to: n("rewound_to"),
         },
     ))
 }

@@ -32,7 +32,9 @@
 //! replayed event, or to `session.resumed` when nothing was replayed), cuts, resumes, failed
 //! resumes, and event seqs missing or duplicated after de-duplication (a missing seq fails
 //! the step). Replayed events and pongs are left out of the event and ping latencies: they
-//! waited out the cut.
+//! waited out the cut. With `--resume-url` each resume goes through the other of two nodes
+//! (docs/cluster.md), which measures resume across nodes, after cuts or after a node is
+//! killed or drained mid-run.
 //!
 //! `--offer N` (or `--retry` with `--sessions`/`--ramp`) measures a server under more load
 //! than it admits: a session refused with 503 or 429 (`server_full`, `overloaded`,
@@ -148,6 +150,12 @@ struct Args {
     /// on (`session.resume_window_s` > 0).
     #[arg(long, value_name = "S", value_parser = positive_secs)]
     drop_every: Option<f64>,
+    /// A second voxrt node on the same NATS cluster (`ws://host:port`): each resume goes to
+    /// the node the session is not on, so every resume is a takeover across nodes. Sessions
+    /// whose node is killed or drained mid-run resume there too (with a --drop-every longer
+    /// than the run, those are the only resumes).
+    #[arg(long, value_name = "URL", requires = "drop_every")]
+    resume_url: Option<String>,
     /// Try refused sessions again: a 503 or 429 refusal (`server_full`, `overloaded`,
     /// `memory_budget_exceeded`, `too_many_sessions`...) is counted by code and retried after
     /// its `Retry-After` (1 to 30 s, plus up to half of it again as jitter; 1 s without the
@@ -287,9 +295,13 @@ async fn run(args: Args) -> Result<(), String> {
                 .into(),
         );
     }
+    let mut resume_paths = vec![stream_path];
+    if let Some(other) = &args.resume_url {
+        resume_paths.push(format!("{}/v1/stream", ws_base(other)?));
+    }
     let plan = Arc::new(Plan {
         url: url.clone(),
-        stream_path,
+        resume_paths,
         drop_every,
         auth,
         rate: format.rate,
@@ -533,6 +545,14 @@ mod tests {
         let a = Args::try_parse_from(["x", "--ramp", "100,200,400"]).expect("parses");
         assert_eq!(a.ramp, vec![100, 200, 400]);
         assert!(Args::try_parse_from(["x", "--encoding", "pcm_u8"]).is_err());
+    }
+
+    #[test]
+    fn resume_url_needs_drop_every() {
+        assert!(Args::try_parse_from(["x", "--resume-url", "ws://h:2"]).is_err());
+        let a = Args::try_parse_from(["x", "--drop-every", "5", "--resume-url", "ws://h:2"])
+            .expect("parses");
+        assert_eq!(a.resume_url.as_deref(), Some("ws://h:2"));
     }
 
     #[test]

@@ -48,8 +48,10 @@ const CLOSE_TAKEN_OVER: u16 = 4002;
 pub struct Plan {
     /// The full stream URL (`ws://host:port/v1/stream?sample_rate=...`).
     pub url: String,
-    /// The stream URL without a query, for resuming (`ws://host:port/v1/stream`).
-    pub stream_path: String,
+    /// The stream URLs without a query that sessions resume through
+    /// (`ws://host:port/v1/stream`): the server's, and with `--resume-url` a second node's.
+    /// Each resume goes to the next one after the URL the session is on.
+    pub resume_paths: Vec<String>,
     /// `Authorization` header value (`Bearer ...`), if a token was given.
     pub auth: Option<HeaderValue>,
     /// The audio, pre-encoded.
@@ -328,6 +330,8 @@ async fn exchange(
         next_ping: epoch + plan.ping_every,
     };
     let mut ws = ws;
+    // Which of `plan.resume_paths` the session is connected through.
+    let mut via = 0;
     loop {
         // Cut only when the session can be resumed (the server offers it).
         let cut_after = plan.drop_every.filter(|_| offer.is_some()).map(next_cut);
@@ -355,8 +359,9 @@ async fn exchange(
         let Some(offer) = &offer else {
             return Outcome::UnexpectedClose(why);
         };
+        via = (via + 1) % plan.resume_paths.len().max(1);
         let resumed = reconnect(
-            &plan.stream_path,
+            plan.resume_paths.get(via).map_or("", String::as_str),
             plan.auth.as_ref(),
             plan.rate,
             offer,
@@ -371,6 +376,10 @@ async fn exchange(
                 return Outcome::ResumeFailed(format!("after {why}: {e}"));
             }
         };
+        if let Some(seq) = resumed.rewound_to {
+            // What the client holds after `seq` is produced again from the resent audio.
+            reader.last_seq = reader.last_seq.min(seq);
+        }
         if resumed.replayed == 0 {
             metrics.resumed(lost_at.elapsed());
         } else {
