@@ -141,6 +141,29 @@ async fn read_until_closed(client: &mut Client, got: &mut Seen) -> Option<u16> {
     }
 }
 
+/// Sends `rest` (the audio after the resume point) on the resumed `client`, stops, and
+/// checks everything the client got: seqs contiguous, and segments those of `want` apart
+/// from the split at the takeover point.
+async fn finish_resumed(
+    mut client: Client,
+    resumed: &Value,
+    rest: &[u8],
+    got: &mut Seen,
+    want: &[(String, u64)],
+) {
+    for chunk in rest.chunks(CHUNK) {
+        client.send_audio(chunk.to_vec()).await;
+    }
+    let (events, code) = client.stop().await;
+    assert_eq!(code, Some(1000));
+    for e in events {
+        got.add(e);
+    }
+    got.assert_contiguous();
+    let at_ms = resumed["audio_ms"].as_u64().expect("audio_ms");
+    assert_segments_match(&segments(&got.events()), want, at_ms);
+}
+
 /// The reference: `pcm` streamed whole on one node, without any loss.
 async fn reference(server: &ServerProcess, pcm: &[u8]) -> Vec<(String, u64)> {
     let mut c = Client::admitted(&server.url(QUERY)).await;
@@ -379,24 +402,14 @@ async fn a_killed_nodes_client_resumes_on_another_node_with_every_seq_once() {
     let _ = a.child.wait();
     assert_ne!(read_until_closed(&mut client, &mut got).await, Some(1000));
 
-    let (mut client, resumed, from) =
+    let (client, resumed, from) =
         resume(&b.url(&resume_query(&started, got.last_seq())), &mut got).await;
     assert!(
         from <= cut_at,
         "the new node cannot resume past what A read"
     );
-    let at_ms = resumed["audio_ms"].as_u64().expect("audio_ms");
-    for chunk in pcm[from..].chunks(CHUNK) {
-        client.send_audio(chunk.to_vec()).await;
-    }
-    let (events, code) = client.stop().await;
-    assert_eq!(code, Some(1000));
-    for e in events {
-        got.add(e);
-    }
-    got.assert_contiguous();
+    finish_resumed(client, &resumed, &pcm[from..], &mut got, &want).await;
     let all = got.events();
-    assert_segments_match(&segments(&all), &want, at_ms);
     let closed = all.last().expect("events");
     assert_eq!(closed["type"], "session.closed");
     // The stream tells the story: started on A, taken over by B after A was lost.
@@ -448,23 +461,13 @@ async fn a_draining_node_hands_its_sessions_over() {
                     got.events().iter().all(|e| e["type"] != "session.closed"),
                     "the session was not closed"
                 );
-                let (mut client, resumed, from) =
+                let (client, resumed, from) =
                     resume(&b.url(&resume_query(&started, got.last_seq())), &mut got).await;
                 assert_eq!(
                     from, cut_at,
                     "every byte A read was processed before the handover"
                 );
-                let at_ms = resumed["audio_ms"].as_u64().expect("audio_ms");
-                for chunk in pcm[from..].chunks(CHUNK) {
-                    client.send_audio(chunk.to_vec()).await;
-                }
-                let (events, code) = client.stop().await;
-                assert_eq!(code, Some(1000));
-                for e in events {
-                    got.add(e);
-                }
-                got.assert_contiguous();
-                assert_segments_match(&segments(&got.events()), want, at_ms);
+                finish_resumed(client, &resumed, &pcm[from..], &mut got, want).await;
                 id
             }
         });
