@@ -198,17 +198,27 @@ pub async fn take_over(
     }
     let token_hash: [u8; 32] = stored.try_into().map_err(|_| AdmissionError::Internal)?;
     // A live holder hands the session over first; one that answers `NotHere` no longer
-    // has it (it ended there, or was never started): the log decides either way.
+    // has it (it ended there, or was never started): the log decides either way. One that
+    // answers `Busy` may still run it: the client tries again (503 `session_busy`).
     if record.node != cluster.node() && cluster.is_live(&record.node).await.map_err(internal)? {
-        cluster
+        let reply = cluster
             .request_handover(&record.node, id)
             .await
             .map_err(internal)?;
+        // The holder may still run the session: its log is not the whole story yet.
+        if reply == HandoverReply::Busy {
+            return Err(AdmissionError::SessionBusy);
+        }
     }
     let current = state.current();
     let limits = &current.settings.session;
     let log = cluster
-        .session_log(id, limits.replay_buffer_bytes())
+        .session_log(
+            id,
+            limits.replay_buffer_bytes(),
+            request.last_seq,
+            record.open_segment_ms,
+        )
         .await
         .map_err(internal)?;
     if log.closed || log.last_seq.is_none() {
@@ -239,6 +249,8 @@ pub async fn take_over(
             (covered_ms * rate / 1000, next, log.open_segment_ms, true)
         }
     };
+    // Ours before the client hears from us (the open segment is closed at the takeover).
+    cluster.claim_session(id, &record).await.map_err(internal)?;
     let admitted = state
         .registry
         .send(Admit {

@@ -164,9 +164,9 @@ async fn finish_resumed(
     assert_segments_match(&segments(&got.events()), want, at_ms);
 }
 
-/// The reference: `pcm` streamed whole on one node, without any loss.
-async fn reference(server: &ServerProcess, pcm: &[u8]) -> Vec<(String, u64)> {
-    let mut c = Client::admitted(&server.url(QUERY)).await;
+/// The reference: `pcm` streamed whole on one node (opened with `query`), without any loss.
+async fn reference(server: &ServerProcess, query: &str, pcm: &[u8]) -> Vec<(String, u64)> {
+    let mut c = Client::admitted(&server.url(query)).await;
     for chunk in pcm.chunks(CHUNK) {
         c.send_audio(chunk.to_vec()).await;
     }
@@ -207,20 +207,27 @@ fn assert_segments_match(got: &[(String, u64)], want: &[(String, u64)], at_ms: u
     }
 }
 
-/// Opens a session on `server`, streams `pcm[..cut_at]` and waits for a pong, which
-/// follows every frame before it: the node has read all that audio. Returns the client,
-/// its `session.started`, the session id and what it got.
+/// Opens a session on `server` (with `query`), streams `pcm[..cut_at]` (as fast as the
+/// node takes it, or paced at real time) and waits for a pong, which follows every frame
+/// before it: the node has read all that audio. Returns the client, its
+/// `session.started`, the session id and what it got.
 async fn stream_until_read(
     server: &ServerProcess,
+    query: &str,
     pcm: &[u8],
     cut_at: usize,
+    real_time: bool,
 ) -> (Client, Value, String, Seen) {
-    let mut client = Client::admitted(&server.url(QUERY)).await;
+    let mut client = Client::admitted(&server.url(query)).await;
     let started = client.started.clone();
     let id = started["session_id"].as_str().expect("id").to_owned();
     let mut got = Seen::default();
     got.add(started.clone());
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
     for chunk in pcm[..cut_at].chunks(CHUNK) {
+        if real_time {
+            tick.tick().await;
+        }
         client.send_audio(chunk.to_vec()).await;
     }
     client
@@ -387,12 +394,13 @@ async fn a_killed_nodes_client_resumes_on_another_node_with_every_seq_once() {
     let mut a = node(&nats, "node-a", &[]);
     let b = node(&nats, "node-b", &[]);
     let pcm = speech();
-    let want = reference(&b, &pcm).await;
+    let want = reference(&b, QUERY, &pcm).await;
     assert!(want.len() >= 4, "reference has segments: {want:?}");
 
     // Mid-word: inside the first phrase's speech.
     let cut_at = (RATE as usize * 2) * 9 / 10 / CHUNK * CHUNK;
-    let (mut client, started, id, mut got) = stream_until_read(&a, &pcm, cut_at).await;
+    let (mut client, started, id, mut got) =
+        stream_until_read(&a, QUERY, &pcm, cut_at, false).await;
     // Node A dies once the stream holds what its client had at the pong. Events A made
     // after it may reach the client and not the stream (the client is then told to rewind)
     // or the stream and not the client (replayed): either way nothing is lost or repeated.
@@ -425,6 +433,39 @@ async fn a_killed_nodes_client_resumes_on_another_node_with_every_seq_once() {
     assert_eq!(taken["node_lost"], true);
 }
 
+/// A takeover reads only the tail of the log (`nats.takeover_tail_s`, 1 s here); a speech
+/// segment that opened before the tail and is still open when the node dies is closed at
+/// the takeover point all the same (the session's record says it is open), and the client
+/// ends with every seq once and the segments of a loss-free run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_open_since_before_the_read_tail_is_closed_at_the_takeover() {
+    let nats = NatsServer::start();
+    let tail = [("VOXRT_NATS__TAKEOVER_TAIL_S", "1")];
+    let mut a = node(&nats, "node-a", &tail);
+    let b = node(&nats, "node-b", &tail);
+    // Pauses shorter than 3 s do not end a segment: both phrases are one.
+    let query = format!("{QUERY}&vad_silence_ms=3000");
+    let pcm = speech();
+    let want = reference(&b, &query, &pcm).await;
+    assert_eq!(want.len(), 2, "one segment: {want:?}");
+
+    // Inside the second phrase, at real time: the segment opened (about 0.5 s in) more
+    // than the 1 s tail before the newest event.
+    let cut_at = (RATE as usize * 2) * 38 / 10 / CHUNK * CHUNK;
+    let (mut client, started, id, mut got) =
+        stream_until_read(&a, &query, &pcm, cut_at, true).await;
+    assert_eq!(segments(&got.events()).len(), 1, "the segment is open");
+    let js = nats.jetstream().await;
+    wait_logged(&js, &id, got.last_seq()).await;
+    a.child.kill().expect("kill -9 node A");
+    let _ = a.child.wait();
+    assert_ne!(read_until_closed(&mut client, &mut got).await, Some(1000));
+
+    let (client, resumed, from) =
+        resume(&b.url(&resume_query(&started, got.last_seq())), &mut got).await;
+    finish_resumed(client, &resumed, &pcm[from..], &mut got, &want).await;
+}
+
 /// With `nats.handover_on_shutdown`, a node sent SIGTERM hands its sessions over instead of
 /// closing them: each connection closes 1012, and each client resumes on another node at
 /// once, while the old node is still stopping, without losing or repeating anything.
@@ -442,12 +483,12 @@ async fn a_draining_node_hands_its_sessions_over() {
     );
     let b = node(&nats, "node-b", &[]);
     let pcm = speech();
-    let want = reference(&b, &pcm).await;
+    let want = reference(&b, QUERY, &pcm).await;
 
     let cut_at = (RATE as usize * 2) * 9 / 10 / CHUNK * CHUNK;
     let mut sessions = Vec::new();
     for _ in 0..SESSIONS {
-        sessions.push(stream_until_read(&a, &pcm, cut_at).await);
+        sessions.push(stream_until_read(&a, QUERY, &pcm, cut_at, false).await);
     }
     a.signal("TERM");
     let resumed = sessions

@@ -67,6 +67,9 @@ pub enum AdmissionError {
     /// A resume named a session that is not here: unknown, ended, expired, or resume is off.
     #[error("no session to resume with this id: it ended, expired or never existed; start a new session")]
     SessionNotFound,
+    /// A resume of a session another node holds and could not hand over in time.
+    #[error("the session is moving between servers; retry the resume in a moment")]
+    SessionBusy,
     /// A resume whose token does not match the session.
     #[error("the resume token does not match this session")]
     ResumeTokenInvalid,
@@ -92,6 +95,7 @@ impl AdmissionError {
             AdmissionError::OriginNotAllowed => "origin_not_allowed",
             AdmissionError::NotWebSocket => "websocket_upgrade_required",
             AdmissionError::SessionNotFound => "session_not_found",
+            AdmissionError::SessionBusy => "session_busy",
             AdmissionError::ResumeTokenInvalid => "resume_token_invalid",
             AdmissionError::Internal => "internal_error",
         }
@@ -110,6 +114,7 @@ impl AdmissionError {
             AdmissionError::ServerFull { .. }
             | AdmissionError::MemoryBudgetExceeded
             | AdmissionError::Overloaded
+            | AdmissionError::SessionBusy
             | AdmissionError::ShuttingDown => 503,
             AdmissionError::Internal => 500,
         }
@@ -123,6 +128,7 @@ impl AdmissionError {
             AdmissionError::ShuttingDown => Some(30),
             // Lag is judged over about a second; a short wait finds out whether it passed.
             AdmissionError::Overloaded => Some(2),
+            AdmissionError::SessionBusy => Some(1),
             AdmissionError::AuthRateLimited { retry_after_s }
             | AdmissionError::RateLimited { retry_after_s, .. } => Some(*retry_after_s),
             _ => None,

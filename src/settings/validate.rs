@@ -312,6 +312,7 @@ impl Settings {
             60_000,
             " ms",
         )?;
+        check("nats.takeover_tail_s", n.takeover_tail_s, 1, 3600, " s")?;
         // Tokens of subjects and names of streams and buckets: no dots, wildcards or spaces.
         let name_ok = |v: &str, dots: bool| {
             !v.is_empty()

@@ -29,7 +29,8 @@ pub struct HandoverAsk {
     pub session_id: Uuid,
     /// The node asking.
     pub to_node: String,
-    /// Where to answer; dropping it answers [`HandoverReply::NotHere`].
+    /// Where to answer; dropping it answers [`HandoverReply::Busy`] (the asker tries again
+    /// later rather than take over a session that may still be here).
     pub reply: oneshot::Sender<HandoverReply>,
 }
 
@@ -99,7 +100,7 @@ async fn serve(
                     continue;
                 };
                 if answering.len() >= HANDOVER_QUEUE {
-                    let _ = client.publish(reply_to, encode(HandoverReply::NotHere)).await;
+                    let _ = client.publish(reply_to, encode(HandoverReply::Busy)).await;
                     continue;
                 }
                 let (client, asks) = (client.clone(), asks.clone());
@@ -117,8 +118,8 @@ async fn serve(
     let _ = client.flush().await;
 }
 
-/// The server's answer to one request: `NotHere` if it does not parse, the server's queue
-/// is full, or the server does not answer within `timeout`.
+/// The server's answer to one request: `NotHere` if it does not parse; `Busy` if the
+/// server's queue is full, or the server does not answer within `timeout`.
 async fn answer(
     payload: &[u8],
     asks: &mpsc::Sender<HandoverAsk>,
@@ -134,13 +135,13 @@ async fn answer(
         reply: tx,
     };
     if asks.try_send(ask).is_err() {
-        return HandoverReply::NotHere;
+        return HandoverReply::Busy;
     }
     tokio::time::timeout(timeout, rx)
         .await
         .ok()
         .and_then(Result::ok)
-        .unwrap_or(HandoverReply::NotHere)
+        .unwrap_or(HandoverReply::Busy)
 }
 
 fn encode(reply: HandoverReply) -> Bytes {

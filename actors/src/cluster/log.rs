@@ -39,6 +39,10 @@ pub struct SessionLog {
     max_bytes: usize,
     /// The highest `seq` logged.
     pub last_seq: Option<u64>,
+    /// The first `seq` read (0 when the whole log was).
+    pub first_seq: Option<u64>,
+    /// Whether a VAD event was read (else `open_segment_ms` says nothing of its own).
+    pub vad_seen: bool,
     /// The end of the audio the logged events cover, ms on the input timeline.
     pub covered_ms: u64,
     /// `t_ms` of a `speech_start` with no `speech_end` after it.
@@ -59,6 +63,8 @@ impl SessionLog {
             recent_bytes: 0,
             max_bytes,
             last_seq: None,
+            first_seq: None,
+            vad_seen: false,
             covered_ms: 0,
             open_segment_ms: None,
             handed_over: None,
@@ -80,10 +86,12 @@ impl SessionLog {
             return;
         }
         self.last_seq = Some(seq);
+        self.first_seq.get_or_insert(seq);
         let field = |k: &str| value.get(k).and_then(Value::as_u64);
         let covered = match value.get("type").and_then(Value::as_str) {
             Some("level") => field("t_ms"),
             Some("vad") => {
+                self.vad_seen = true;
                 match value.get("event").and_then(Value::as_str) {
                     Some("speech_start") => self.open_segment_ms = field("t_ms"),
                     Some("speech_end") => self.open_segment_ms = None,
@@ -121,6 +129,17 @@ impl SessionLog {
             Lifecycle::Closed { .. } => self.closed = true,
             Lifecycle::Started { .. } => {}
         }
+    }
+
+    /// Whether the events read start at `session.started`.
+    pub fn whole(&self) -> bool {
+        self.first_seq == Some(0)
+    }
+
+    /// Whether every event after `seq` (what a client that has `seq` lacks) was read.
+    pub fn reaches_back_to(&self, seq: u64) -> bool {
+        self.first_seq
+            .is_some_and(|first| first <= seq.saturating_add(1))
     }
 
     /// Where a takeover starts from.
@@ -165,6 +184,30 @@ mod tests {
                 covered_ms: 900,
                 last_seq: Some(4)
             }
+        );
+    }
+
+    #[test]
+    fn a_tail_says_what_it_reaches_and_whether_it_saw_the_vad() {
+        let mut log = SessionLog::new(1 << 20);
+        log.event(r#"{"seq":7,"type":"level","t_ms":700,"rms_dbfs":-30,"peak_dbfs":-20}"#);
+        log.event(r#"{"seq":8,"type":"level","t_ms":800,"rms_dbfs":-30,"peak_dbfs":-20}"#);
+        assert!(!log.whole());
+        assert!(!log.vad_seen);
+        assert!(
+            log.reaches_back_to(6),
+            "a client with 6 lacks 7 and 8: both read"
+        );
+        assert!(log.reaches_back_to(9), "a client ahead of the log");
+        assert!(!log.reaches_back_to(5), "7 is the first read: 6 is not");
+        log.event(r#"{"seq":9,"type":"vad","event":"speech_end","t_ms":850,"duration_ms":300}"#);
+        assert!(log.vad_seen);
+        let mut whole = SessionLog::new(1 << 20);
+        whole.event(r#"{"seq":0,"type":"session.started"}"#);
+        assert!(whole.whole() && whole.reaches_back_to(0));
+        assert!(
+            !SessionLog::new(1).reaches_back_to(0),
+            "nothing read reaches nothing"
         );
     }
 

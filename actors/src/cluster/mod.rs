@@ -322,13 +322,50 @@ impl Cluster {
     }
 
     /// Records (or replaces) a resumable session's state.
+    ///
+    /// Written as the plain JetStream publish a key-value put is (to `$KV.<bucket>.<key>`),
+    /// so that it goes out pipelined with the events around it: a session rewrites its
+    /// record at every VAD event, and a put waited for on its own would hold up every
+    /// session's publishing behind it.
     pub fn put_session(&self, session: Uuid, record: &SessionRecord) {
         if let Ok(json) = serde_json::to_vec(record) {
-            self.queue(Record::PutSession {
-                key: session.to_string(),
-                value: Bytes::from(json),
+            self.queue(Record::Publish {
+                subject: format!(
+                    "$KV.{}.{session}",
+                    self.inner.shared.settings.sessions_bucket
+                ),
+                msg_id: format!("{session}.state.{}", Uuid::new_v4()),
+                payload: Bytes::from(json),
             });
         }
+    }
+
+    /// Records `session` as this node's now, and waits until the bucket has it: a node
+    /// taking a session over does so before it serves the client, so that the next node
+    /// the client resumes through asks this one, however far behind this node's queued
+    /// records are.
+    pub async fn claim_session(
+        &self,
+        session: Uuid,
+        record: &SessionRecord,
+    ) -> Result<(), ClusterError> {
+        let js = self.inner.js.clone();
+        let shared = self.inner.shared.clone();
+        let record = SessionRecord {
+            node: self.inner.node.clone(),
+            open_segment_ms: None,
+            ..record.clone()
+        };
+        let json = serde_json::to_vec(&record).unwrap_or_default();
+        self.on_nats(async move {
+            Self::store(&js, &shared, false)
+                .await?
+                .put(session.to_string(), Bytes::from(json))
+                .await
+                .map_err(|e| request_error("session record")(e.to_string()))?;
+            Ok(())
+        })
+        .await
     }
 
     /// Forgets a session's state (it ended for good).
@@ -507,12 +544,21 @@ impl Cluster {
         .await
     }
 
-    /// Reads `session`'s messages from the stream, keeping at most `max_recent_bytes` of
-    /// its latest events.
+    /// Reads what a takeover of `session` needs from the stream, keeping at most
+    /// `max_recent_bytes` of its latest events.
+    ///
+    /// Reads the tail only: the newest lifecycle record, and the events of the last
+    /// `nats.takeover_tail_s` before the newest event, so a takeover costs the same for a
+    /// session of a minute and one of hours. `open_segment_ms` (the session record's) says
+    /// whether a segment opened before the tail is still open. When the client's `last_seq`
+    /// is older than the tail, the whole log is read instead, so that nothing it missed is
+    /// lost.
     pub async fn session_log(
         &self,
         session: Uuid,
         max_recent_bytes: usize,
+        client_seq: u64,
+        open_segment_ms: Option<u64>,
     ) -> Result<SessionLog, ClusterError> {
         let js = self.inner.js.clone();
         let shared = self.inner.shared.clone();
@@ -526,47 +572,34 @@ impl Cluster {
             let prefix = &settings.subject_prefix;
             let events = events_subject(prefix, session);
             let mut log = SessionLog::new(max_recent_bytes);
-            let consumer = stream
-                .create_consumer(consumer::pull::OrderedConfig {
-                    filter_subject: format!("{prefix}.sessions.{session}.*"),
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| err(e.to_string()))?;
-            let mut consumer = consumer;
-            let pending = consumer
-                .info()
-                .await
-                .map_err(|e| err(e.to_string()))?
-                .num_pending;
-            if pending == 0 {
-                return Ok(log);
-            }
-            let mut messages = consumer.messages().await.map_err(|e| err(e.to_string()))?;
-            let timeout = Duration::from_millis(settings.publish_timeout_ms);
-            loop {
-                let next = tokio::time::timeout(timeout, messages.next())
-                    .await
-                    .map_err(|_| err("timed out reading".into()))?;
-                let Some(message) = next else { break };
-                let message = message.map_err(|e| err(e.to_string()))?;
-                let info = message.info().map_err(|e| err(e.to_string()))?;
-                let remaining = info.pending;
-                log.newest_ms = log
-                    .newest_ms
-                    .max((info.published.unix_timestamp_nanos() / 1_000_000) as u64);
-                if message.subject.as_str() == events {
-                    if let Ok(text) = std::str::from_utf8(&message.payload) {
-                        log.event(text);
-                    }
-                } else if let Ok(record) = serde_json::from_slice::<Lifecycle>(&message.payload) {
+            if let Some(last) = last_message(&stream, &lifecycle_subject(prefix, session)).await? {
+                log.newest_ms = unix_ms_of(last.time);
+                if let Ok(record) = serde_json::from_slice::<Lifecycle>(&last.payload) {
                     log.lifecycle(&record);
                 }
-                if remaining == 0 {
-                    break;
-                }
             }
+            let Some(newest) = last_message(&stream, &events).await? else {
+                return Ok(log);
+            };
+            let timeout = Duration::from_millis(settings.publish_timeout_ms);
+            let tail = newest.time - Duration::from_secs(settings.takeover_tail_s);
+            let mut tail_log = log.clone();
+            let from = consumer::DeliverPolicy::ByStartTime { start_time: tail };
+            read_events(&stream, &events, from, timeout, &mut tail_log).await?;
+            if tail_log.reaches_back_to(client_seq) {
+                if !tail_log.whole() && !tail_log.vad_seen {
+                    tail_log.open_segment_ms = open_segment_ms;
+                }
+                return Ok(tail_log);
+            }
+            read_events(
+                &stream,
+                &events,
+                consumer::DeliverPolicy::All,
+                timeout,
+                &mut log,
+            )
+            .await?;
             Ok(log)
         })
         .await
@@ -635,4 +668,66 @@ async fn bucket(js: &jetstream::Context, name: &str, max_age: Duration) -> Optio
         }
     }
     store
+}
+
+/// The newest message on `subject`, `None` if it has none.
+async fn last_message(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+) -> Result<Option<jetstream::message::StreamMessage>, ClusterError> {
+    use jetstream::stream::LastRawMessageErrorKind;
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(message) => Ok(Some(message)),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(request_error("session log")(e.to_string())),
+    }
+}
+
+/// Folds the events on `subject` from `from` on into `log`.
+async fn read_events(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    from: consumer::DeliverPolicy,
+    timeout: Duration,
+    log: &mut SessionLog,
+) -> Result<(), ClusterError> {
+    let err = request_error("session log");
+    let mut consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy: from,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let pending = consumer
+        .info()
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .num_pending;
+    if pending == 0 {
+        return Ok(());
+    }
+    let mut messages = consumer.messages().await.map_err(|e| err(e.to_string()))?;
+    loop {
+        let next = tokio::time::timeout(timeout, messages.next())
+            .await
+            .map_err(|_| err("timed out reading".into()))?;
+        let Some(message) = next else { break };
+        let message = message.map_err(|e| err(e.to_string()))?;
+        let info = message.info().map_err(|e| err(e.to_string()))?;
+        log.newest_ms = log.newest_ms.max(unix_ms_of(info.published));
+        if let Ok(text) = std::str::from_utf8(&message.payload) {
+            log.event(text);
+        }
+        if info.pending == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A stream timestamp as Unix ms.
+fn unix_ms_of(time: async_nats::datetime::DateTime) -> u64 {
+    u64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }

@@ -31,8 +31,6 @@ pub(super) enum Record {
         msg_id: String,
         payload: Bytes,
     },
-    /// Put a session's state in the sessions bucket.
-    PutSession { key: String, value: Bytes },
     /// Remove a session's state from the sessions bucket.
     DeleteSession { key: String },
     /// Answered once everything queued before it is written (or given up on at shutdown).
@@ -159,11 +157,6 @@ async fn write_batch(
         let done = match record {
             Record::Publish { .. } => {
                 return Box::pin(write_batch(js, targets, batch, shared)).await
-            }
-            Record::PutSession { key, value } => {
-                tokio::time::timeout(timeout, targets.sessions.put(key.as_str(), value.clone()))
-                    .await
-                    .is_ok_and(|r| r.is_ok())
             }
             Record::DeleteSession { key } => {
                 tokio::time::timeout(timeout, targets.sessions.delete(key.as_str()))

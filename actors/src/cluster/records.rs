@@ -113,6 +113,11 @@ pub struct SessionRecord {
     pub token_sha256: String,
     /// The session's own TTL when its credential asked for a shorter one, seconds.
     pub ttl_s: Option<u64>,
+    /// `t_ms` of the speech segment open now (its `speech_start`), rewritten at each VAD
+    /// event: a takeover that reads only the tail of the log learns from it whether a
+    /// segment opened before the tail is still open.
+    #[serde(default)]
+    pub open_segment_ms: Option<u64>,
 }
 
 /// A node's heartbeat in the nodes bucket (key: the node's name). The bucket's TTL removes
@@ -162,4 +167,7 @@ pub enum HandoverReply {
     HandedOver,
     /// It does not hold the session (ended, or never there).
     NotHere,
+    /// It may still hold the session but could not hand it over in time (busy, or the
+    /// handover is still under way): the asker must not take the session over now.
+    Busy,
 }

@@ -55,11 +55,23 @@ const MAX_HANDOVER_WAITERS: usize = 8;
 
 impl Session {
     /// Logs a sequenced message to the stream (when NATS is on). `session.started` is
-    /// logged without its resume token.
-    pub(super) fn log_event(&self, seq: u64, event: &ServerEvent, text: &str) {
-        let Some(cluster) = &self.cluster else {
+    /// logged without its resume token; a VAD event also rewrites the session's record with
+    /// the segment it leaves open (after the event, so the stream has the event first).
+    pub(super) fn log_event(&mut self, seq: u64, event: &ServerEvent, text: &str) {
+        let Some(cluster) = self.cluster.clone() else {
             return;
         };
+        if let ServerEvent::Vad { event, t_ms, .. } = event {
+            cluster.event(self.id, seq, text);
+            self.open_segment_ms = match event {
+                VadEventKind::SpeechStart => Some(*t_ms),
+                VadEventKind::SpeechEnd => None,
+            };
+            if let Some(record) = self.record() {
+                cluster.put_session(self.id, &record);
+            }
+            return;
+        }
         match event {
             ServerEvent::SessionStarted {
                 session_id,
@@ -91,6 +103,7 @@ impl Session {
             params: self.params.clone(),
             token_sha256: hex::encode(hash),
             ttl_s: self.ttl_s,
+            open_segment_ms: self.open_segment_ms,
         })
     }
 
@@ -220,7 +233,7 @@ impl Handler<super::HandOver> for Session {
     /// `NotHere` when the session cannot be handed over.
     fn handle(&mut self, msg: super::HandOver, ctx: &mut Self::Context) {
         if let Some((_, replies)) = &mut self.handing_over {
-            // Past the bound the request is dropped, which its asker reads as `NotHere`.
+            // Past the bound the request is dropped, which its asker reads as `Busy`.
             if replies.len() < MAX_HANDOVER_WAITERS {
                 replies.push(msg.reply);
             }

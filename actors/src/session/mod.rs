@@ -138,6 +138,9 @@ pub struct Session {
     )>,
     /// Continues a session another node ran: what it starts with (taken in `started`).
     takeover: Option<Takeover>,
+    /// `t_ms` of the speech segment open now, as logged (in the session's record, for a
+    /// takeover that reads only the log's tail).
+    open_segment_ms: Option<u64>,
     /// Was taken over from a node that was lost: a resuming client may be ahead of the log.
     node_lost: bool,
     metrics: Arc<Metrics>,
@@ -207,6 +210,7 @@ impl Session {
             takeover,
             cluster,
             handing_over: None,
+            open_segment_ms: None,
             id,
             params,
             config,
