@@ -141,6 +141,25 @@ async fn read_until_closed(client: &mut Client, got: &mut Seen) -> Option<u16> {
     }
 }
 
+/// Kills node `a` (SIGKILL) once the stream holds every message its client (`client`, of
+/// session `id` started with `started`) has, reads that connection to its end, and resumes
+/// the session through node `b`: the new client, `session.resumed`, and the byte of the
+/// audio to resend from.
+async fn kill_and_resume(
+    nats: &NatsServer,
+    a: &mut ServerProcess,
+    b: &ServerProcess,
+    (mut client, started, id): (Client, &Value, &str),
+    got: &mut Seen,
+) -> (Client, Value, usize) {
+    let js = nats.jetstream().await;
+    wait_logged(&js, id, got.last_seq()).await;
+    a.child.kill().expect("kill -9 node A");
+    let _ = a.child.wait();
+    assert_ne!(read_until_closed(&mut client, got).await, Some(1000));
+    resume(&b.url(&resume_query(started, got.last_seq())), got).await
+}
+
 /// Sends `rest` (the audio after the resume point) on the resumed `client`, stops, and
 /// checks everything the client got: seqs contiguous, and segments those of `want` apart
 /// from the split at the takeover point.
@@ -399,19 +418,12 @@ async fn a_killed_nodes_client_resumes_on_another_node_with_every_seq_once() {
 
     // Mid-word: inside the first phrase's speech.
     let cut_at = (RATE as usize * 2) * 9 / 10 / CHUNK * CHUNK;
-    let (mut client, started, id, mut got) =
-        stream_until_read(&a, QUERY, &pcm, cut_at, false).await;
+    let (client, started, id, mut got) = stream_until_read(&a, QUERY, &pcm, cut_at, false).await;
     // Node A dies once the stream holds what its client had at the pong. Events A made
     // after it may reach the client and not the stream (the client is then told to rewind)
     // or the stream and not the client (replayed): either way nothing is lost or repeated.
-    let js = nats.jetstream().await;
-    wait_logged(&js, &id, got.last_seq()).await;
-    a.child.kill().expect("kill -9 node A");
-    let _ = a.child.wait();
-    assert_ne!(read_until_closed(&mut client, &mut got).await, Some(1000));
-
     let (client, resumed, from) =
-        resume(&b.url(&resume_query(&started, got.last_seq())), &mut got).await;
+        kill_and_resume(&nats, &mut a, &b, (client, &started, &id), &mut got).await;
     assert!(
         from <= cut_at,
         "the new node cannot resume past what A read"
@@ -421,7 +433,7 @@ async fn a_killed_nodes_client_resumes_on_another_node_with_every_seq_once() {
     let closed = all.last().expect("events");
     assert_eq!(closed["type"], "session.closed");
     // The stream tells the story: started on A, taken over by B after A was lost.
-    let (logged, lifecycle) = read_log(&js, &id).await;
+    let (logged, lifecycle) = read_log(&nats.jetstream().await, &id).await;
     let logged_seqs: Vec<u64> = logged.iter().filter_map(|e| e["seq"].as_u64()).collect();
     assert_eq!(logged_seqs, (0..=got.last_seq()).collect::<Vec<_>>());
     let taken = lifecycle
@@ -452,17 +464,10 @@ async fn a_segment_open_since_before_the_read_tail_is_closed_at_the_takeover() {
     // Inside the second phrase, at real time: the segment opened (about 0.5 s in) more
     // than the 1 s tail before the newest event.
     let cut_at = (RATE as usize * 2) * 38 / 10 / CHUNK * CHUNK;
-    let (mut client, started, id, mut got) =
-        stream_until_read(&a, &query, &pcm, cut_at, true).await;
+    let (client, started, id, mut got) = stream_until_read(&a, &query, &pcm, cut_at, true).await;
     assert_eq!(segments(&got.events()).len(), 1, "the segment is open");
-    let js = nats.jetstream().await;
-    wait_logged(&js, &id, got.last_seq()).await;
-    a.child.kill().expect("kill -9 node A");
-    let _ = a.child.wait();
-    assert_ne!(read_until_closed(&mut client, &mut got).await, Some(1000));
-
     let (client, resumed, from) =
-        resume(&b.url(&resume_query(&started, got.last_seq())), &mut got).await;
+        kill_and_resume(&nats, &mut a, &b, (client, &started, &id), &mut got).await;
     finish_resumed(client, &resumed, &pcm[from..], &mut got, &want).await;
 }
 

@@ -1,0 +1,339 @@
+//! What a node asks NATS, awaited from anywhere and run on the NATS thread: heartbeats and
+//! the cluster view (the nodes bucket), a session's record (the sessions bucket), the tail
+//! of its log (the stream), and handover requests to other nodes.
+
+use super::log::SessionLog;
+use super::records::*;
+use super::{bucket, request_error, Cluster, ClusterError, Shared};
+use async_nats::jetstream::{self, consumer, kv};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::future::Future;
+use std::time::Duration;
+use uuid::Uuid;
+
+impl Cluster {
+    /// Records `session` as this node's now, and waits until the bucket has it: a node
+    /// taking a session over does so before it serves the client, so that the next node
+    /// the client resumes through asks this one, however far behind this node's queued
+    /// records are.
+    pub async fn claim_session(
+        &self,
+        session: Uuid,
+        record: &SessionRecord,
+    ) -> Result<(), ClusterError> {
+        let js = self.inner.js.clone();
+        let shared = self.inner.shared.clone();
+        let record = SessionRecord {
+            node: self.inner.node.clone(),
+            open_segment_ms: None,
+            ..record.clone()
+        };
+        let json = serde_json::to_vec(&record).unwrap_or_default();
+        self.on_nats(async move {
+            Self::store(&js, &shared, false)
+                .await?
+                .put(session.to_string(), Bytes::from(json))
+                .await
+                .map_err(|e| request_error("session record")(e.to_string()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `work` on the NATS thread.
+    async fn on_nats<T, F>(&self, work: F) -> Result<T, ClusterError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, ClusterError>> + Send + 'static,
+    {
+        self.inner
+            .runtime
+            .spawn(work)
+            .await
+            .map_err(|_| ClusterError::Stopped)?
+    }
+
+    /// Opens the nodes bucket (or the sessions bucket) on the NATS thread.
+    async fn store(
+        js: &jetstream::Context,
+        shared: &Shared,
+        nodes: bool,
+    ) -> Result<kv::Store, ClusterError> {
+        let s = &shared.settings;
+        let (name, max_age) = match nodes {
+            true => (&s.nodes_bucket, shared.node_ttl()),
+            false => (&s.sessions_bucket, Duration::from_secs(s.max_age_s)),
+        };
+        bucket(js, name, max_age)
+            .await
+            .ok_or(ClusterError::Request {
+                what: if nodes {
+                    "nodes bucket"
+                } else {
+                    "sessions bucket"
+                },
+                message: "not available".into(),
+            })
+    }
+
+    /// Writes this node's heartbeat.
+    pub async fn heartbeat(&self, record: NodeRecord) -> Result<(), ClusterError> {
+        let js = self.inner.js.clone();
+        let shared = self.inner.shared.clone();
+        self.on_nats(async move {
+            let store = Self::store(&js, &shared, true).await?;
+            let json = serde_json::to_vec(&record).unwrap_or_default();
+            store
+                .put(record.node.as_str(), Bytes::from(json))
+                .await
+                .map_err(|e| request_error("heartbeat")(e.to_string()))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stops answering handover requests (a request sent after this meets no responder),
+    /// answers those already taken, and flushes the answers: call it once the sessions have
+    /// been closed or handed over, before the process exits.
+    pub async fn close_handovers(&self) -> Result<(), ClusterError> {
+        let cluster = self.clone();
+        self.on_nats(async move {
+            cluster.inner.handover_service.close().await;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes this node's heartbeat (it is stopping).
+    pub async fn leave(&self) -> Result<(), ClusterError> {
+        let js = self.inner.js.clone();
+        let shared = self.inner.shared.clone();
+        let node = self.inner.node.clone();
+        self.on_nats(async move {
+            Self::store(&js, &shared, true)
+                .await?
+                .delete(node.as_str())
+                .await
+                .map_err(|e| request_error("leave")(e.to_string()))
+        })
+        .await
+    }
+
+    /// The live nodes (those whose heartbeat has not expired), by name.
+    ///
+    /// The keys come from the bucket stream's subject list rather than from a key
+    /// consumer: a consumer waits for a last entry that never comes when a heartbeat
+    /// expires while it is being read, and a killed node's heartbeat does exactly that.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, ClusterError> {
+        let js = self.inner.js.clone();
+        let shared = self.inner.shared.clone();
+        self.on_nats(async move {
+            let store = Self::store(&js, &shared, true).await?;
+            let prefix = format!("$KV.{}.", shared.settings.nodes_bucket);
+            let mut subjects = store
+                .stream
+                .clone()
+                .info_with_subjects(format!("{prefix}>"))
+                .await
+                .map_err(|e| request_error("nodes")(e.to_string()))?;
+            let mut keys = Vec::new();
+            while let Some(subject) = subjects.next().await {
+                let (subject, _) = subject.map_err(|e| request_error("nodes")(e.to_string()))?;
+                if let Some(key) = subject.strip_prefix(&prefix) {
+                    keys.push(key.to_owned());
+                }
+            }
+            let mut nodes = Vec::new();
+            for key in keys {
+                // Gone since the list was read, or deleted (a node that left): skipped.
+                if let Ok(Some(value)) = store.get(key).await {
+                    if let Ok(node) = serde_json::from_slice::<NodeRecord>(&value) {
+                        nodes.push(node);
+                    }
+                }
+            }
+            nodes.sort_by(|a, b| a.node.cmp(&b.node));
+            Ok(nodes)
+        })
+        .await
+    }
+
+    /// Whether `node` has a live heartbeat.
+    pub async fn is_live(&self, node: &str) -> Result<bool, ClusterError> {
+        Ok(self.nodes().await?.iter().any(|n| n.node == node))
+    }
+
+    /// A session's state, if some node recorded it and it has not ended.
+    pub async fn session_record(
+        &self,
+        session: Uuid,
+    ) -> Result<Option<SessionRecord>, ClusterError> {
+        let js = self.inner.js.clone();
+        let shared = self.inner.shared.clone();
+        self.on_nats(async move {
+            let store = Self::store(&js, &shared, false).await?;
+            let value = store
+                .get(session.to_string())
+                .await
+                .map_err(|e| request_error("session record")(e.to_string()))?;
+            Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
+        })
+        .await
+    }
+
+    /// Reads what a takeover of `session` needs from the stream, keeping at most
+    /// `max_recent_bytes` of its latest events.
+    ///
+    /// Reads the tail only: the newest lifecycle record, and the events of the last
+    /// `nats.takeover_tail_s` before the newest event, so a takeover costs the same for a
+    /// session of a minute and one of hours. `open_segment_ms` (the session record's) says
+    /// whether a segment opened before the tail is still open. When the client's `last_seq`
+    /// is older than the tail, the whole log is read instead, so that nothing it missed is
+    /// lost.
+    pub async fn session_log(
+        &self,
+        session: Uuid,
+        max_recent_bytes: usize,
+        client_seq: u64,
+        open_segment_ms: Option<u64>,
+    ) -> Result<SessionLog, ClusterError> {
+        let js = self.inner.js.clone();
+        let shared = self.inner.shared.clone();
+        self.on_nats(async move {
+            let err = request_error("session log");
+            let settings = &shared.settings;
+            let stream = js
+                .get_stream(&settings.stream)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let prefix = &settings.subject_prefix;
+            let events = events_subject(prefix, session);
+            let mut log = SessionLog::new(max_recent_bytes);
+            if let Some(last) = last_message(&stream, &lifecycle_subject(prefix, session)).await? {
+                log.newest_ms = unix_ms_of(last.time);
+                if let Ok(record) = serde_json::from_slice::<Lifecycle>(&last.payload) {
+                    log.lifecycle(&record);
+                }
+            }
+            let Some(newest) = last_message(&stream, &events).await? else {
+                return Ok(log);
+            };
+            let timeout = Duration::from_millis(settings.publish_timeout_ms);
+            let tail = newest.time - Duration::from_secs(settings.takeover_tail_s);
+            let mut tail_log = log.clone();
+            let from = consumer::DeliverPolicy::ByStartTime { start_time: tail };
+            read_events(&stream, &events, from, timeout, &mut tail_log).await?;
+            if tail_log.reaches_back_to(client_seq) {
+                if !tail_log.whole() && !tail_log.vad_seen {
+                    tail_log.open_segment_ms = open_segment_ms;
+                }
+                return Ok(tail_log);
+            }
+            read_events(
+                &stream,
+                &events,
+                consumer::DeliverPolicy::All,
+                timeout,
+                &mut log,
+            )
+            .await?;
+            Ok(log)
+        })
+        .await
+    }
+
+    /// Asks `node` to hand `session` over to this node.
+    pub async fn request_handover(
+        &self,
+        node: &str,
+        session: Uuid,
+    ) -> Result<HandoverReply, ClusterError> {
+        let client = self.inner.client.clone();
+        let subject = handover_subject(&self.inner.shared.settings.subject_prefix, node);
+        let request = HandoverRequest {
+            session_id: session,
+            to_node: self.inner.node.clone(),
+        };
+        // The holder's own wait is handover_timeout_ms; its answer may take a moment more.
+        let settings = &self.inner.shared.settings;
+        let timeout =
+            Duration::from_millis(settings.handover_timeout_ms + settings.publish_timeout_ms);
+        self.on_nats(async move {
+            let payload = Bytes::from(serde_json::to_vec(&request).unwrap_or_default());
+            let asked = tokio::time::timeout(timeout, client.request(subject, payload)).await;
+            match asked {
+                Err(_) => Err(request_error("handover")("timed out".into())),
+                Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                    Ok(HandoverReply::NotHere)
+                }
+                Ok(Err(e)) => Err(request_error("handover")(e.to_string())),
+                Ok(Ok(reply)) => serde_json::from_slice(&reply.payload)
+                    .map_err(|e| request_error("handover reply")(e.to_string())),
+            }
+        })
+        .await
+    }
+}
+
+/// The newest message on `subject`, `None` if it has none.
+async fn last_message(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+) -> Result<Option<jetstream::message::StreamMessage>, ClusterError> {
+    use jetstream::stream::LastRawMessageErrorKind;
+    match stream.get_last_raw_message_by_subject(subject).await {
+        Ok(message) => Ok(Some(message)),
+        Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Err(e) => Err(request_error("session log")(e.to_string())),
+    }
+}
+
+/// Folds the events on `subject` from `from` on into `log`.
+async fn read_events(
+    stream: &jetstream::stream::Stream,
+    subject: &str,
+    from: consumer::DeliverPolicy,
+    timeout: Duration,
+    log: &mut SessionLog,
+) -> Result<(), ClusterError> {
+    let err = request_error("session log");
+    let mut consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            filter_subject: subject.to_owned(),
+            deliver_policy: from,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(e.to_string()))?;
+    let pending = consumer
+        .info()
+        .await
+        .map_err(|e| err(e.to_string()))?
+        .num_pending;
+    if pending == 0 {
+        return Ok(());
+    }
+    let mut messages = consumer.messages().await.map_err(|e| err(e.to_string()))?;
+    loop {
+        let next = tokio::time::timeout(timeout, messages.next())
+            .await
+            .map_err(|_| err("timed out reading".into()))?;
+        let Some(message) = next else { break };
+        let message = message.map_err(|e| err(e.to_string()))?;
+        let info = message.info().map_err(|e| err(e.to_string()))?;
+        log.newest_ms = log.newest_ms.max(unix_ms_of(info.published));
+        if let Ok(text) = std::str::from_utf8(&message.payload) {
+            log.event(text);
+        }
+        if info.pending == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// A stream timestamp as Unix ms.
+fn unix_ms_of(time: async_nats::datetime::DateTime) -> u64 {
+    u64::try_from(time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
