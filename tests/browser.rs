@@ -345,7 +345,8 @@ impl Page {
         self.eval(
             r##"(() => {
                 const app = document.getElementById("app");
-                if (!app) return null;
+                // Still parsing (a reload): part of the page may not exist yet.
+                if (!app || document.readyState === "loading") return null;
                 const text = (id) => document.getElementById(id).textContent;
                 return {
                     ...app.dataset,
