@@ -17,11 +17,8 @@ use voxrt_actors::cluster::records::{HandoverReply, NodeRecord};
 use voxrt_actors::cluster::{unix_ms, Cluster, ClusterError};
 use voxrt_actors::error::{close_code, AdmissionError};
 use voxrt_actors::metrics::NatsMetrics;
-use voxrt_actors::registry::{Admit, FindSession, GetStats, Unregister};
-use voxrt_actors::session::{
-    CheckResume, HandOver, ResumeRefusal, ResumeRequest, Session, SessionRoute, SessionSpec,
-    Takeover,
-};
+use voxrt_actors::registry::{Admit, FindSession, GetStats};
+use voxrt_actors::session::{HandOver, ResumeRequest, SessionRoute, Takeover};
 use voxrt_actors::settings::NatsSettings;
 
 /// This node's name: `nats.node`, else the host name (its characters outside
@@ -174,7 +171,7 @@ pub async fn cluster_view(req: HttpRequest, state: web::Data<AppState>) -> HttpR
 
 /// A resume for a session this node does not hold: take it over from another node (it
 /// hands it over if alive, else the stream is all there is). Returns the new session's
-/// route once it checked `request`.
+/// route; the caller checks `request` against it as for any resume.
 pub async fn take_over(
     state: &AppState,
     cluster: &Cluster,
@@ -268,36 +265,5 @@ pub async fn take_over(
         from_node: record.node.clone(),
         node_lost,
     };
-    let started = Session::start(SessionSpec {
-        id: admitted,
-        params,
-        config: current.session_config.clone(),
-        catalog: state.catalog.clone(),
-        metrics: state.metrics.clone(),
-        ttl_s: record.ttl_s,
-        register: state.registry.clone().recipient(),
-        unregister: state.registry.clone().recipient(),
-        cluster: Some(cluster.clone()),
-        takeover: Some(takeover),
-    });
-    let route = match started {
-        Ok((_, route)) => route,
-        Err(e) => {
-            warn!(session = %id, error = %e, "pipeline could not start for a takeover");
-            state.registry.do_send(Unregister {
-                id,
-                reason: voxrt_actors::registry::EndReason::UpgradeFailed,
-            });
-            return Err(AdmissionError::Internal);
-        }
-    };
-    match route.check_resume.send(CheckResume(request.clone())).await {
-        Ok(Ok(())) => Ok(route),
-        Ok(Err(e @ ResumeRefusal::SeqOutOfRange { .. })) => Err(AdmissionError::InvalidParameter {
-            param: "last_seq",
-            message: e.to_string(),
-        }),
-        Ok(Err(ResumeRefusal::TokenInvalid)) => Err(AdmissionError::ResumeTokenInvalid),
-        _ => Err(AdmissionError::SessionNotFound),
-    }
+    state.start_session(&current, admitted, params, record.ttl_s, Some(takeover))
 }

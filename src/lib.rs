@@ -43,9 +43,12 @@ pub use voxrt_actors as actors;
 use actix::Addr;
 use std::sync::{Arc, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use voxrt_actors::error::AdmissionError;
 use voxrt_actors::metrics::Metrics;
 use voxrt_actors::processors::ProcessorCatalog;
-use voxrt_actors::registry::SessionRegistry;
+use voxrt_actors::protocol::StreamParams;
+use voxrt_actors::registry::{EndReason, SessionRegistry, Unregister};
+use voxrt_actors::session::{Session, SessionRoute, SessionSpec, Takeover};
 use voxrt_actors::settings::SessionConfig;
 
 /// The configuration in force: replaced whole by a reload, read by every request.
@@ -108,5 +111,38 @@ impl AppState {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Starts the actor of session `id`, admitted by the registry (a new session, or one
+    /// taken over from another node with `takeover`). A pipeline that cannot be built
+    /// gives the admission back and is `internal_error` (logged here).
+    fn start_session(
+        &self,
+        current: &Current,
+        id: uuid::Uuid,
+        params: StreamParams,
+        ttl_s: Option<u64>,
+        takeover: Option<Takeover>,
+    ) -> Result<SessionRoute, AdmissionError> {
+        let started = Session::start(SessionSpec {
+            id,
+            params,
+            config: current.session_config.clone(),
+            catalog: self.catalog.clone(),
+            metrics: self.metrics.clone(),
+            ttl_s,
+            register: self.registry.clone().recipient(),
+            unregister: self.registry.clone().recipient(),
+            cluster: self.cluster.clone(),
+            takeover,
+        });
+        started.map(|(_, route)| route).map_err(|e| {
+            tracing::error!(session = %id, error = %e, "pipeline could not start");
+            self.registry.do_send(Unregister {
+                id,
+                reason: EndReason::UpgradeFailed,
+            });
+            AdmissionError::Internal
+        })
     }
 }

@@ -18,10 +18,8 @@ use voxrt_actors::connection::{is_upgrade, Connection, ConnectionSpec};
 use voxrt_actors::error::AdmissionError;
 use voxrt_actors::metrics::ReasonLabel;
 use voxrt_actors::protocol::{parse_query, parse_resume, StreamParams};
-use voxrt_actors::registry::{Admit, EndReason, FindSession, Unregister};
-use voxrt_actors::session::{
-    CheckResume, ResumeRefusal, ResumeRequest, Session, SessionRoute, SessionSpec,
-};
+use voxrt_actors::registry::{Admit, FindSession};
+use voxrt_actors::session::{CheckResume, ResumeRefusal, ResumeRequest, SessionRoute};
 
 /// Registers the route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -182,8 +180,7 @@ async fn resume(
     let route = match (found, &state.cluster) {
         (Some(route), _) => route,
         (None, Some(cluster)) => {
-            let route = crate::cluster::take_over(state, cluster, peer, id, &request).await?;
-            return Ok((id, route, request));
+            crate::cluster::take_over(state, cluster, peer, id, &request).await?
         }
         (None, None) => return Err(AdmissionError::SessionNotFound),
     };
@@ -221,28 +218,9 @@ fn start_session(
         params,
         identity,
     } = admitted;
-    let started = Session::start(SessionSpec {
-        id,
-        params,
-        config: current.session_config.clone(),
-        catalog: state.catalog.clone(),
-        metrics: state.metrics.clone(),
-        ttl_s: identity.session_ttl_s,
-        register: state.registry.clone().recipient(),
-        unregister: state.registry.clone().recipient(),
-        cluster: state.cluster.clone(),
-        takeover: None,
-    });
-    match started {
-        Ok((_, route)) => connect(req, payload, state, current, id, route, None),
-        Err(e) => {
-            tracing::error!(session = %id, error = %e, "pipeline could not start");
-            state.registry.do_send(Unregister {
-                id,
-                reason: EndReason::UpgradeFailed,
-            });
-            crate::refusal::refuse(&AdmissionError::Internal, Some(peer), &state.metrics)
-        }
+    match state.start_session(current, id, params, identity.session_ttl_s, None) {
+        Ok(route) => connect(req, payload, state, current, id, route, None),
+        Err(e) => crate::refusal::refuse(&e, Some(peer), &state.metrics),
     }
 }
 

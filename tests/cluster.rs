@@ -10,28 +10,11 @@ mod common;
 use common::audio;
 use common::nats::NatsServer;
 use common::process::ServerProcess;
-use common::resume::{resume_query, segments, Seen};
+use common::resume::{resume_query, segments, speech, Seen, CHUNK, QUERY, RATE};
 use common::{http, poll_until, Client, Received};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::time::Duration;
-
-const ALSA: &str = "/usr/share/sounds/alsa";
-const RATE: u32 = 48_000;
-const QUERY: &str = "sample_rate=48000&channels=1&encoding=pcm_s16le";
-/// 20 ms of 48 kHz mono s16.
-const CHUNK: usize = 1920;
-
-/// Recorded speech with pauses: several speech segments.
-fn speech() -> Vec<u8> {
-    let mut mono = Vec::new();
-    for name in ["Front_Center", "Front_Left"] {
-        let (samples, rate) = audio::read_wav(&format!("{ALSA}/{name}.wav"));
-        let at_48k = audio::resample(&samples, rate, RATE);
-        mono.extend(audio::padded(&at_48k, RATE, 0.5, 0.8));
-    }
-    audio::s16le(&mono, 1)
-}
 
 /// A voxrt node on NATS at `nats`, named `node`, plus `extra` settings.
 fn node(nats: &NatsServer, name: &str, extra: &[(&str, &str)]) -> ServerProcess {

@@ -6,7 +6,7 @@
 mod common;
 
 use common::proxy::CutProxy;
-use common::resume::{resume_query, segments, Seen};
+use common::resume::{resume_query, segments, speech, Seen, CHUNK, QUERY, RATE};
 use common::{audio, Client, Received, TestServer};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -15,23 +15,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::MaybeTlsStream;
 use voxrt::actors::processors::{Processor, ProcessorCatalog, ProcessorContext};
 use voxrt::actors::{AudioBlock, ServerEvent};
-
-const ALSA: &str = "/usr/share/sounds/alsa";
-const RATE: u32 = 48_000;
-const QUERY: &str = "sample_rate=48000&channels=1&encoding=pcm_s16le";
-/// 20 ms of 48 kHz mono s16.
-const CHUNK: usize = 1920;
-
-/// Two recorded phrases with pauses: several speech segments.
-fn speech() -> Vec<u8> {
-    let mut mono = Vec::new();
-    for name in ["Front_Center", "Front_Left"] {
-        let (samples, rate) = audio::read_wav(&format!("{ALSA}/{name}.wav"));
-        let at_48k = audio::resample(&samples, rate, RATE);
-        mono.extend(audio::padded(&at_48k, RATE, 0.5, 0.8));
-    }
-    audio::s16le(&mono, 1)
-}
 
 /// Streams `pcm` whole and stops: the reference events.
 async fn reference(server: &TestServer, pcm: &[u8]) -> Vec<Value> {

@@ -1,9 +1,28 @@
-//! What resume tests share: the client's view of a session by `seq`, the VAD boundaries
-//! compared against a loss-free run, and the resume query.
+//! What resume tests share: the speech they stream, the client's view of a session by
+//! `seq`, the VAD boundaries compared against a loss-free run, and the resume query.
 
-use super::Client;
+use super::{audio, Client};
 use serde_json::Value;
 use std::collections::BTreeMap;
+
+const ALSA: &str = "/usr/share/sounds/alsa";
+/// The rate resume tests stream at, Hz.
+pub const RATE: u32 = 48_000;
+/// Their format: `RATE` mono s16.
+pub const QUERY: &str = "sample_rate=48000&channels=1&encoding=pcm_s16le";
+/// 20 ms of 48 kHz mono s16.
+pub const CHUNK: usize = 1920;
+
+/// Two recorded phrases with pauses, as `QUERY`'s bytes: several speech segments.
+pub fn speech() -> Vec<u8> {
+    let mut mono = Vec::new();
+    for name in ["Front_Center", "Front_Left"] {
+        let (samples, rate) = audio::read_wav(&format!("{ALSA}/{name}.wav"));
+        let at_48k = audio::resample(&samples, rate, RATE);
+        mono.extend(audio::padded(&at_48k, RATE, 0.5, 0.8));
+    }
+    audio::s16le(&mono, 1)
+}
 
 /// Events by seq; panics on a seq seen twice with different content.
 #[derive(Default)]

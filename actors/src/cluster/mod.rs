@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OnceCell};
 use tracing::warn;
 use uuid::Uuid;
 
@@ -87,6 +87,21 @@ pub(crate) struct Shared {
     link_up: AtomicBool,
     /// Publishing is not failing (false from a failed write until the next success).
     publishing: AtomicBool,
+    /// Handles on the buckets and the events stream, opened on first use and kept: opening
+    /// one is a round trip, and a takeover would otherwise pay three of them. (The
+    /// publisher creates what is missing, also after a NATS server lost its storage.)
+    nodes_store: OnceCell<kv::Store>,
+    sessions_store: OnceCell<kv::Store>,
+    events_stream: OnceCell<stream::Stream>,
+}
+
+/// Which key-value bucket.
+#[derive(Debug, Clone, Copy)]
+enum Bucket {
+    /// Node heartbeats (`nats.nodes_bucket`).
+    Nodes,
+    /// Resumable sessions' state (`nats.sessions_bucket`).
+    Sessions,
 }
 
 impl Shared {
@@ -107,6 +122,48 @@ impl Shared {
 
     fn node_ttl(&self) -> Duration {
         Duration::from_secs(self.settings.heartbeat_interval_s * u64::from(MISSED_HEARTBEATS))
+    }
+
+    /// The bucket `which` (created if missing on first use).
+    async fn store(
+        &self,
+        js: &jetstream::Context,
+        which: Bucket,
+    ) -> Result<kv::Store, ClusterError> {
+        let s = &self.settings;
+        let (cell, name, max_age, what) = match which {
+            Bucket::Nodes => (
+                &self.nodes_store,
+                &s.nodes_bucket,
+                self.node_ttl(),
+                "nodes bucket",
+            ),
+            Bucket::Sessions => (
+                &self.sessions_store,
+                &s.sessions_bucket,
+                Duration::from_secs(s.max_age_s),
+                "sessions bucket",
+            ),
+        };
+        cell.get_or_try_init(|| async {
+            bucket(js, name, max_age)
+                .await
+                .ok_or_else(|| request_error(what)("not available".into()))
+        })
+        .await
+        .cloned()
+    }
+
+    /// The events stream (`nats.stream`).
+    async fn events_stream(&self, js: &jetstream::Context) -> Result<stream::Stream, ClusterError> {
+        self.events_stream
+            .get_or_try_init(|| async {
+                js.get_stream(&self.settings.stream)
+                    .await
+                    .map_err(|e| request_error("events stream")(e.to_string()))
+            })
+            .await
+            .cloned()
     }
 }
 
@@ -205,6 +262,9 @@ impl Cluster {
             metrics,
             link_up: AtomicBool::new(false),
             publishing: AtomicBool::new(true),
+            nodes_store: OnceCell::new(),
+            sessions_store: OnceCell::new(),
+            events_stream: OnceCell::new(),
         });
         let settings = &shared.settings;
         let events = shared.clone();

@@ -4,8 +4,8 @@
 
 use super::log::SessionLog;
 use super::records::*;
-use super::{bucket, request_error, Cluster, ClusterError, Shared};
-use async_nats::jetstream::{self, consumer, kv};
+use super::{request_error, Bucket, Cluster, ClusterError};
+use async_nats::jetstream::{self, consumer};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::future::Future;
@@ -31,7 +31,8 @@ impl Cluster {
         };
         let json = serde_json::to_vec(&record).unwrap_or_default();
         self.on_nats(async move {
-            Self::store(&js, &shared, false)
+            shared
+                .store(&js, Bucket::Sessions)
                 .await?
                 .put(session.to_string(), Bytes::from(json))
                 .await
@@ -54,35 +55,12 @@ impl Cluster {
             .map_err(|_| ClusterError::Stopped)?
     }
 
-    /// Opens the nodes bucket (or the sessions bucket) on the NATS thread.
-    async fn store(
-        js: &jetstream::Context,
-        shared: &Shared,
-        nodes: bool,
-    ) -> Result<kv::Store, ClusterError> {
-        let s = &shared.settings;
-        let (name, max_age) = match nodes {
-            true => (&s.nodes_bucket, shared.node_ttl()),
-            false => (&s.sessions_bucket, Duration::from_secs(s.max_age_s)),
-        };
-        bucket(js, name, max_age)
-            .await
-            .ok_or(ClusterError::Request {
-                what: if nodes {
-                    "nodes bucket"
-                } else {
-                    "sessions bucket"
-                },
-                message: "not available".into(),
-            })
-    }
-
     /// Writes this node's heartbeat.
     pub async fn heartbeat(&self, record: NodeRecord) -> Result<(), ClusterError> {
         let js = self.inner.js.clone();
         let shared = self.inner.shared.clone();
         self.on_nats(async move {
-            let store = Self::store(&js, &shared, true).await?;
+            let store = shared.store(&js, Bucket::Nodes).await?;
             let json = serde_json::to_vec(&record).unwrap_or_default();
             store
                 .put(record.node.as_str(), Bytes::from(json))
@@ -111,7 +89,8 @@ impl Cluster {
         let shared = self.inner.shared.clone();
         let node = self.inner.node.clone();
         self.on_nats(async move {
-            Self::store(&js, &shared, true)
+            shared
+                .store(&js, Bucket::Nodes)
                 .await?
                 .delete(node.as_str())
                 .await
@@ -129,7 +108,7 @@ impl Cluster {
         let js = self.inner.js.clone();
         let shared = self.inner.shared.clone();
         self.on_nats(async move {
-            let store = Self::store(&js, &shared, true).await?;
+            let store = shared.store(&js, Bucket::Nodes).await?;
             let prefix = format!("$KV.{}.", shared.settings.nodes_bucket);
             let mut subjects = store
                 .stream
@@ -159,9 +138,21 @@ impl Cluster {
         .await
     }
 
-    /// Whether `node` has a live heartbeat.
+    /// Whether `node` has a live heartbeat (its key is there until it expires or the node
+    /// leaves).
     pub async fn is_live(&self, node: &str) -> Result<bool, ClusterError> {
-        Ok(self.nodes().await?.iter().any(|n| n.node == node))
+        let js = self.inner.js.clone();
+        let shared = self.inner.shared.clone();
+        let node = node.to_owned();
+        self.on_nats(async move {
+            let store = shared.store(&js, Bucket::Nodes).await?;
+            let beat = store
+                .get(node)
+                .await
+                .map_err(|e| request_error("nodes")(e.to_string()))?;
+            Ok(beat.is_some())
+        })
+        .await
     }
 
     /// A session's state, if some node recorded it and it has not ended.
@@ -172,7 +163,7 @@ impl Cluster {
         let js = self.inner.js.clone();
         let shared = self.inner.shared.clone();
         self.on_nats(async move {
-            let store = Self::store(&js, &shared, false).await?;
+            let store = shared.store(&js, Bucket::Sessions).await?;
             let value = store
                 .get(session.to_string())
                 .await
@@ -201,12 +192,8 @@ impl Cluster {
         let js = self.inner.js.clone();
         let shared = self.inner.shared.clone();
         self.on_nats(async move {
-            let err = request_error("session log");
             let settings = &shared.settings;
-            let stream = js
-                .get_stream(&settings.stream)
-                .await
-                .map_err(|e| err(e.to_string()))?;
+            let stream = shared.events_stream(&js).await?;
             let prefix = &settings.subject_prefix;
             let events = events_subject(prefix, session);
             let mut log = SessionLog::new(max_recent_bytes);

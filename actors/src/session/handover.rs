@@ -61,17 +61,6 @@ impl Session {
         let Some(cluster) = self.cluster.clone() else {
             return;
         };
-        if let ServerEvent::Vad { event, t_ms, .. } = event {
-            cluster.event(self.id, seq, text);
-            self.open_segment_ms = match event {
-                VadEventKind::SpeechStart => Some(*t_ms),
-                VadEventKind::SpeechEnd => None,
-            };
-            if let Some(record) = self.record() {
-                cluster.put_session(self.id, &record);
-            }
-            return;
-        }
         match event {
             ServerEvent::SessionStarted {
                 session_id,
@@ -92,6 +81,15 @@ impl Session {
                 cluster.event(self.id, seq, &without_token.to_json_with_seq(seq));
             }
             _ => cluster.event(self.id, seq, text),
+        }
+        if let ServerEvent::Vad { event, t_ms, .. } = event {
+            self.open_segment_ms = match event {
+                VadEventKind::SpeechStart => Some(*t_ms),
+                VadEventKind::SpeechEnd => None,
+            };
+            if let Some(record) = self.record() {
+                cluster.put_session(self.id, &record);
+            }
         }
     }
 
@@ -144,8 +142,8 @@ impl Session {
         }
     }
 
-    /// Starts a session taken over from another node: logs the takeover, records this
-    /// node as the session's, and closes a segment the log shows open.
+    /// Starts a session taken over from another node: logs the takeover and closes a
+    /// segment the log shows open.
     pub(super) fn start_takeover(&mut self, ctx: &mut Context<Self>) {
         let Some(takeover) = self.takeover.take() else {
             return;
@@ -161,9 +159,7 @@ impl Session {
                 node_lost: takeover.node_lost,
                 at_ms: unix_ms(),
             });
-            if let Some(record) = self.record() {
-                cluster.put_session(self.id, &record);
-            }
+            // The record already names this node: the server claimed it before starting us.
         }
         self.span.in_scope(|| {
             info!(
