@@ -306,7 +306,18 @@ async fn events_of_fifty_real_time_sessions_are_in_the_stream_in_seq_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_killed_and_restarted_under_load_costs_sessions_nothing() {
     let mut nats = NatsServer::start();
-    let server = node(&nats, "solo", &[("VOXRT_NATS__MAX_PENDING", "50")]);
+    // The clients are read one at a time here, so each sits unread (no pong, no audio)
+    // while the others work and while NATS recovers; on a slow machine that outlasts the
+    // default heartbeat and idle timeouts, which are not what this test is about.
+    let server = node(
+        &nats,
+        "solo",
+        &[
+            ("VOXRT_NATS__MAX_PENDING", "50"),
+            ("VOXRT_SESSION__HEARTBEAT_TIMEOUT_S", "3600"),
+            ("VOXRT_REGISTRY__IDLE_TIMEOUT_S", "3600"),
+        ],
+    );
     let ready = || get(format!("{}/ready", server.http()));
     poll_until(
         "publishing to start",
@@ -367,9 +378,12 @@ async fn nats_killed_and_restarted_under_load_costs_sessions_nothing() {
     )
     .await;
     let js = nats.jetstream().await;
-    for c in clients {
+    let stopped = futures_util::future::join_all(clients.into_iter().map(|c| async move {
         let id = c.started["session_id"].as_str().expect("id").to_owned();
-        let (events, code) = c.stop().await;
+        (id, c.stop().await)
+    }))
+    .await;
+    for (id, (events, code)) in stopped {
         assert_eq!(code, Some(1000));
         let closed = events.last().expect("session.closed");
         assert_eq!(closed["type"], "session.closed");
