@@ -13,12 +13,12 @@ use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 use uuid::Uuid;
 use voxrt_actors::cluster::log::TakeoverPoint;
-use voxrt_actors::cluster::records::{HandoverReply, NodeRecord};
+use voxrt_actors::cluster::records::{Claim, HandoverReply, NodeRecord};
 use voxrt_actors::cluster::{unix_ms, Cluster, ClusterError};
 use voxrt_actors::error::{close_code, AdmissionError};
 use voxrt_actors::metrics::NatsMetrics;
-use voxrt_actors::registry::{Admit, FindSession, GetStats};
-use voxrt_actors::session::{HandOver, ResumeRequest, SessionRoute, Takeover};
+use voxrt_actors::registry::{Admit, GetStats, Held, LocateSession, Unregister};
+use voxrt_actors::session::{EndReason, HandOver, ResumeRequest, SessionRoute, Takeover};
 use voxrt_actors::settings::NatsSettings;
 
 /// This node's name: `nats.node`, else the host name (its characters outside
@@ -111,13 +111,21 @@ pub fn serve(state: web::Data<AppState>, cluster: Cluster, addr: SocketAddr) {
     };
     actix::spawn(async move {
         while let Some(ask) = asks.recv().await {
-            let route = state
+            let held = state
                 .registry
-                .send(FindSession { id: ask.session_id })
+                .send(LocateSession { id: ask.session_id })
                 .await;
-            let Ok(Some(route)) = route else {
-                let _ = ask.reply.send(HandoverReply::NotHere);
-                continue;
+            let route = match held {
+                Ok(Held::Running(route)) => route,
+                // This node is taking the session over itself: not the asker's to take.
+                Ok(Held::Starting) => {
+                    let _ = ask.reply.send(HandoverReply::Busy);
+                    continue;
+                }
+                Ok(Held::Absent) | Err(_) => {
+                    let _ = ask.reply.send(HandoverReply::NotHere);
+                    continue;
+                }
             };
             info!(session = %ask.session_id, to = %ask.to_node, "handing a session over on request");
             route.hand_over.do_send(HandOver {
@@ -183,27 +191,40 @@ pub async fn take_over(
         warn!(session = %id, error = %e, "takeover failed");
         AdmissionError::Internal
     };
-    let record = cluster
+    let mut stored = cluster
         .session_record(id)
         .await
         .map_err(internal)?
         .ok_or(AdmissionError::SessionNotFound)?;
     let presented: [u8; 32] = Sha256::digest(request.token.as_bytes()).into();
-    let stored = hex::decode(&record.token_sha256).unwrap_or_default();
-    if stored.len() != 32 || !bool::from(presented[..].ct_eq(&stored[..])) {
+    let hash = hex::decode(&stored.record.token_sha256).unwrap_or_default();
+    if hash.len() != 32 || !bool::from(presented[..].ct_eq(&hash[..])) {
         return Err(AdmissionError::ResumeTokenInvalid);
     }
-    let token_hash: [u8; 32] = stored.try_into().map_err(|_| AdmissionError::Internal)?;
+    let token_hash: [u8; 32] = hash.try_into().map_err(|_| AdmissionError::Internal)?;
     // A live holder hands the session over first; one that answers `NotHere` no longer
-    // has it (it ended there, or was never started): the log decides either way. One that
-    // answers `Busy` may still run it: the client tries again (503 `session_busy`).
-    if record.node != cluster.node() && cluster.is_live(&record.node).await.map_err(internal)? {
+    // has it (it ended there, was never started, or another node took it first): the
+    // record and the log decide. One that answers `Busy` may still run it: the client
+    // tries again (503 `session_busy`).
+    let holder = stored.record.node.clone();
+    if holder != cluster.node() && cluster.is_live(&holder).await.map_err(internal)? {
         let reply = cluster
-            .request_handover(&record.node, id)
+            .request_handover(&holder, id)
             .await
             .map_err(internal)?;
         // The holder may still run the session: its log is not the whole story yet.
         if reply == HandoverReply::Busy {
+            return Err(AdmissionError::SessionBusy);
+        }
+        // The holder's last writes are in now: the claim below is made against the
+        // record as it stands after them. A record naming a third node means that node
+        // took the session over meanwhile; the client's retry asks it.
+        stored = cluster
+            .session_record(id)
+            .await
+            .map_err(internal)?
+            .ok_or(AdmissionError::SessionNotFound)?;
+        if stored.record.node != holder {
             return Err(AdmissionError::SessionBusy);
         }
     }
@@ -214,14 +235,14 @@ pub async fn take_over(
             id,
             limits.replay_buffer_bytes(),
             request.last_seq,
-            record.open_segment_ms,
+            stored.record.open_segment_ms,
         )
         .await
         .map_err(internal)?;
     if log.closed || log.last_seq.is_none() {
         return Err(AdmissionError::SessionNotFound);
     }
-    let params = record.params.clone();
+    let params = stored.record.params.clone();
     let rate = u64::from(params.input.sample_rate);
     if !(8_000..=192_000).contains(&rate) || !(1..=8).contains(&params.input.channels) {
         return Err(AdmissionError::Internal);
@@ -246,8 +267,8 @@ pub async fn take_over(
             (covered_ms * rate / 1000, next, log.open_segment_ms, true)
         }
     };
-    // Ours before the client hears from us (the open segment is closed at the takeover).
-    cluster.claim_session(id, &record).await.map_err(internal)?;
+    // Admitted before it is claimed: from the claim on, other nodes ask this one, which
+    // answers `Busy` (not `NotHere`) until the session runs.
     let admitted = state
         .registry
         .send(Admit {
@@ -256,14 +277,37 @@ pub async fn take_over(
         })
         .await
         .map_err(|_| AdmissionError::Internal)??;
+    // Ours before the client hears from us (the open segment is closed at the takeover),
+    // unless another node claimed it since it was read: that one serves the client.
+    let refused = match cluster.claim_session(id, &stored).await {
+        Ok(Claim::Claimed) => None,
+        Ok(Claim::Lost) => {
+            info!(session = %id, "another node took the session over first");
+            Some(AdmissionError::SessionBusy)
+        }
+        Err(e) => Some(internal(e)),
+    };
+    if let Some(refusal) = refused {
+        state.registry.do_send(Unregister {
+            id,
+            reason: EndReason::TakeoverLost,
+        });
+        return Err(refusal);
+    }
     let takeover = Takeover {
         token_hash,
         input_frames,
         next_seq,
         recent: log.recent.into_iter().collect(),
         open_segment_ms,
-        from_node: record.node.clone(),
+        from_node: holder,
         node_lost,
     };
-    state.start_session(&current, admitted, params, record.ttl_s, Some(takeover))
+    state.start_session(
+        &current,
+        admitted,
+        params,
+        stored.record.ttl_s,
+        Some(takeover),
+    )
 }

@@ -11,7 +11,7 @@ use common::audio;
 use common::nats::NatsServer;
 use common::process::ServerProcess;
 use common::resume::{resume_query, segments, speech, Seen, CHUNK, QUERY, RATE};
-use common::{http, poll_until, Client, Received};
+use common::{http, poll_until, Client, Received, Refusal};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -95,7 +95,12 @@ async fn wait_logged(js: &async_nats::jetstream::Context, session: &str, seq: u6
 /// Resumes through `url`; returns the client, the `session.resumed` frame, and the byte
 /// offset in `QUERY`'s format to resend from. Replayed events go into `got`.
 async fn resume(url: &str, got: &mut Seen) -> (Client, Value, usize) {
-    let mut client = Client::connect_raw(url).await.expect("resume admitted");
+    try_resume(url, got).await.expect("resume admitted")
+}
+
+/// [`resume`], or the node's refusal.
+async fn try_resume(url: &str, got: &mut Seen) -> Result<(Client, Value, usize), Refusal> {
+    let mut client = Client::connect_raw(url).await?;
     let resumed = match client.recv().await {
         Received::Event(v) if v["type"] == "session.resumed" => v,
         other => panic!("expected session.resumed, got {other:?}"),
@@ -110,7 +115,7 @@ async fn resume(url: &str, got: &mut Seen) -> (Client, Value, usize) {
             other => panic!("expected a replayed event, got {other:?}"),
         }
     }
-    (client, resumed, frames as usize * 2)
+    Ok((client, resumed, frames as usize * 2))
 }
 
 /// Reads until the connection ends, keeping every event; returns the close code.
@@ -440,6 +445,101 @@ async fn a_killed_nodes_client_resumes_on_another_node_with_every_seq_once() {
     assert_eq!(taken["node"], "node-b");
     assert_eq!(taken["from_node"], "node-a");
     assert_eq!(taken["node_lost"], true);
+}
+
+/// Two resumes of one session racing through two nodes after its node died: one node
+/// takes it over; the other refuses 503 `session_busy` (its client tries again) or, coming
+/// second, takes it over from the first, whose connection then closes 4002. Never do both
+/// run it. Raced for several sessions, so that both orders and the refusal all get a chance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_racing_through_two_nodes_leave_the_session_on_one() {
+    const SESSIONS: usize = 4;
+    let nats = NatsServer::start();
+    let mut a = node(&nats, "node-a", &[]);
+    let b = node(&nats, "node-b", &[]);
+    let c = node(&nats, "node-c", &[]);
+    let pcm = speech();
+    let cut_at = (RATE as usize * 2) * 9 / 10 / CHUNK * CHUNK;
+    let mut sessions = Vec::new();
+    for _ in 0..SESSIONS {
+        sessions.push(stream_until_read(&a, QUERY, &pcm, cut_at, false).await);
+    }
+    let js = nats.jetstream().await;
+    for (_, _, id, got) in &sessions {
+        wait_logged(&js, id, got.last_seq()).await;
+    }
+    a.child.kill().expect("kill -9 node A");
+    let _ = a.child.wait();
+    for (mut client, started, id, mut got) in sessions {
+        assert_ne!(read_until_closed(&mut client, &mut got).await, Some(1000));
+        let query = resume_query(&started, got.last_seq());
+        let (mut via_b, mut via_c) = (got.clone(), got.clone());
+        let (url_b, url_c) = (b.url(&query), c.url(&query));
+        let (on_b, on_c) = tokio::join!(
+            try_resume(&url_b, &mut via_b),
+            try_resume(&url_c, &mut via_c)
+        );
+        let (holder, mut seen) = match (on_b, on_c) {
+            (Ok((first, ..)), Ok((second, ..))) => {
+                // Both served it, one after the other: the log says in which order.
+                let lifecycle = poll_until(
+                    "both takeovers to be logged",
+                    Duration::from_millis(50),
+                    || async { read_log(&js, &id).await.1 },
+                    |l| l.iter().filter(|r| r["type"] == "taken_over").count() >= 2,
+                )
+                .await;
+                let taken: Vec<&Value> = lifecycle
+                    .iter()
+                    .filter(|r| r["type"] == "taken_over")
+                    .collect();
+                assert_eq!(taken.len(), 2, "{lifecycle:?}");
+                assert_eq!(taken[0]["from_node"], "node-a");
+                assert_eq!(
+                    taken[1]["from_node"], taken[0]["node"],
+                    "the second node took the session from the first, not from the log"
+                );
+                let (mut taken_from, holder, seen) = match taken[1]["node"].as_str() {
+                    Some("node-b") => (second, first, via_b),
+                    _ => (first, second, via_c),
+                };
+                let (_, code) = taken_from.drain().await;
+                assert_eq!(
+                    code,
+                    Some(4002),
+                    "the first holder's connection was taken over"
+                );
+                (holder, seen)
+            }
+            (Ok((holder, ..)), Err(refusal)) => {
+                assert_busy(&refusal);
+                (holder, via_b)
+            }
+            (Err(refusal), Ok((holder, ..))) => {
+                assert_busy(&refusal);
+                (holder, via_c)
+            }
+            (Err(on_b), Err(on_c)) => panic!("neither node took it over: {on_b:?} {on_c:?}"),
+        };
+        let (events, code) = holder.stop().await;
+        assert_eq!(code, Some(1000));
+        for e in events {
+            seen.add(e);
+        }
+        seen.assert_contiguous();
+        assert_eq!(
+            seen.events().last().expect("events")["type"],
+            "session.closed"
+        );
+    }
+}
+
+/// A 503 `session_busy` refusal, to be retried after a second.
+fn assert_busy(refusal: &Refusal) {
+    assert_eq!(refusal.status, 503, "{refusal:?}");
+    let body = refusal.body.as_ref().expect("error body");
+    assert_eq!(body["error"]["code"], "session_busy");
+    assert_eq!(refusal.retry_after.as_deref(), Some("1"));
 }
 
 /// A takeover reads only the tail of the log (`nats.takeover_tail_s`, 1 s here); a speech

@@ -25,7 +25,7 @@ pub fn speech() -> Vec<u8> {
 }
 
 /// Events by seq; panics on a seq seen twice with different content.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Seen {
     by_seq: BTreeMap<u64, Value>,
 }

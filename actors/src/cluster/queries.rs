@@ -5,7 +5,7 @@
 use super::log::SessionLog;
 use super::records::*;
 use super::{request_error, Bucket, Cluster, ClusterError};
-use async_nats::jetstream::{self, consumer};
+use async_nats::jetstream::{self, consumer, kv};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use std::future::Future;
@@ -13,31 +13,36 @@ use std::time::Duration;
 use uuid::Uuid;
 
 impl Cluster {
-    /// Records `session` as this node's now, and waits until the bucket has it: a node
-    /// taking a session over does so before it serves the client, so that the next node
-    /// the client resumes through asks this one, however far behind this node's queued
-    /// records are.
+    /// Records `session` as this node's now, if its record is still as `read`, and waits
+    /// until the bucket has it. A node taking a session over claims it before it serves
+    /// the client: the next node the client resumes through then asks this one, however
+    /// far behind this node's queued records are; and of two nodes taking the same session
+    /// over at once, only the first to claim it serves it ([`Claim::Lost`] for the other).
     pub async fn claim_session(
         &self,
         session: Uuid,
-        record: &SessionRecord,
-    ) -> Result<(), ClusterError> {
+        read: &StoredSession,
+    ) -> Result<Claim, ClusterError> {
         let js = self.inner.js.clone();
         let shared = self.inner.shared.clone();
         let record = SessionRecord {
             node: self.inner.node.clone(),
             open_segment_ms: None,
-            ..record.clone()
+            ..read.record.clone()
         };
         let json = serde_json::to_vec(&record).unwrap_or_default();
+        let revision = read.revision;
         self.on_nats(async move {
-            shared
+            let written = shared
                 .store(&js, Bucket::Sessions)
                 .await?
-                .put(session.to_string(), Bytes::from(json))
-                .await
-                .map_err(|e| request_error("session record")(e.to_string()))?;
-            Ok(())
+                .update(session.to_string(), Bytes::from(json), revision)
+                .await;
+            match written {
+                Ok(_) => Ok(Claim::Claimed),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(Claim::Lost),
+                Err(e) => Err(request_error("session record")(e.to_string())),
+            }
         })
         .await
     }
@@ -155,20 +160,28 @@ impl Cluster {
         .await
     }
 
-    /// A session's state, if some node recorded it and it has not ended.
+    /// A session's state and its revision, if some node recorded it and it has not ended.
     pub async fn session_record(
         &self,
         session: Uuid,
-    ) -> Result<Option<SessionRecord>, ClusterError> {
+    ) -> Result<Option<StoredSession>, ClusterError> {
         let js = self.inner.js.clone();
         let shared = self.inner.shared.clone();
         self.on_nats(async move {
             let store = shared.store(&js, Bucket::Sessions).await?;
-            let value = store
-                .get(session.to_string())
+            let entry = store
+                .entry(session.to_string())
                 .await
                 .map_err(|e| request_error("session record")(e.to_string()))?;
-            Ok(value.and_then(|v| serde_json::from_slice(&v).ok()))
+            Ok(entry
+                .filter(|e| e.operation == kv::Operation::Put)
+                .and_then(|e| {
+                    let record = serde_json::from_slice(&e.value).ok()?;
+                    Some(StoredSession {
+                        record,
+                        revision: e.revision,
+                    })
+                }))
         })
         .await
     }

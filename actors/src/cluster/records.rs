@@ -120,6 +120,26 @@ pub struct SessionRecord {
     pub open_segment_ms: Option<u64>,
 }
 
+/// A [`SessionRecord`] as read from the bucket, with the revision it was read at: a node
+/// takes the session over only if the record is still at that revision when it claims it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSession {
+    /// The record.
+    pub record: SessionRecord,
+    /// Its revision in the bucket (the bucket stream's sequence of the write).
+    pub revision: u64,
+}
+
+/// How a claim on a session's record went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The record names this node now.
+    Claimed,
+    /// The record changed since it was read (another node claimed it, or it ended):
+    /// this node must not take the session over.
+    Lost,
+}
+
 /// A node's heartbeat in the nodes bucket (key: the node's name). The bucket's TTL removes
 /// a node that stops beating.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -86,9 +86,7 @@ impl SessionRegistry {
             return self.refuse(AdmissionError::Overloaded);
         }
         let id = match msg.takeover {
-            Some(id) if self.entries.contains_key(&id) => {
-                return Err(AdmissionError::SessionNotFound)
-            }
+            Some(id) if self.entries.contains_key(&id) => return Err(AdmissionError::SessionBusy),
             Some(id) => id,
             None => Uuid::new_v4(),
         };

@@ -19,7 +19,8 @@ pub struct Admit {
     /// The client's address (per-IP limits).
     pub peer: IpAddr,
     /// The id of a session taken over from another node (`[nats]`); `None` = a fresh id.
-    /// Refused as `session_not_found` if a session with it is already here.
+    /// Refused as `session_busy` if a session with it is already here (another takeover
+    /// of it is starting, or it is ending).
     pub takeover: Option<Uuid>,
 }
 
@@ -29,6 +30,26 @@ pub struct Admit {
 pub struct FindSession {
     /// The session.
     pub id: Uuid,
+}
+
+/// Where a session stands here, for another node that asks to take it over (`[nats]`).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Held")]
+pub struct LocateSession {
+    /// The session.
+    pub id: Uuid,
+}
+
+/// The answer to [`LocateSession`].
+#[derive(Clone)]
+pub enum Held {
+    /// Running here: it can be handed over through its route.
+    Running(SessionRoute),
+    /// Admitted here and not running yet: this node is taking it over itself, and the
+    /// asker must not (it asks again later).
+    Starting,
+    /// Not here, or ending.
+    Absent,
 }
 
 /// Stop admitting, tell every session to close with `server_shutdown`, and answer when

@@ -348,6 +348,21 @@ impl Handler<FindSession> for SessionRegistry {
     }
 }
 
+impl Handler<LocateSession> for SessionRegistry {
+    type Result = MessageResult<LocateSession>;
+
+    fn handle(&mut self, msg: LocateSession, ctx: &mut Self::Context) -> Self::Result {
+        let held = self.guard(ctx, "locate_session", |this, _| {
+            match this.entries.get(&msg.id).map(|e| &e.live) {
+                Some(Some(live)) if !live.expiring => Held::Running(live.route.clone()),
+                Some(Some(_)) | None => Held::Absent,
+                Some(None) => Held::Starting,
+            }
+        });
+        MessageResult(held.unwrap_or(Held::Absent))
+    }
+}
+
 impl Handler<Shutdown> for SessionRegistry {
     type Result = ResponseFuture<()>;
 

@@ -163,3 +163,28 @@ async fn admission_pace_refuses_a_burst_without_turning_ready_off() {
     assert_eq!(stats.refusal, None, "{stats:?}");
     assert_eq!(stats.refused_total.get("overloaded"), Some(&overloaded));
 }
+
+/// A session admitted to be taken over is `Starting` until it runs (another node asking
+/// for it is told to wait), a second takeover of it here is refused `session_busy`, and
+/// once released it is `Absent`.
+#[actix::test]
+async fn a_takeover_in_progress_is_starting_and_not_admitted_twice() {
+    let lag = LagMonitor::new(1);
+    let registry = start(limits(), MIB, &lag);
+    let id = Uuid::new_v4();
+    let locate = || registry.send(LocateSession { id });
+    assert!(matches!(locate().await, Ok(Held::Absent)));
+    let takeover = Admit {
+        peer: PEER,
+        takeover: Some(id),
+    };
+    assert_eq!(registry.send(takeover).await.expect("admit"), Ok(id));
+    assert!(matches!(locate().await, Ok(Held::Starting)));
+    let again = registry.send(takeover).await.expect("admit");
+    assert_eq!(again.err().map(|e| e.code()), Some("session_busy"));
+    registry.do_send(Unregister {
+        id,
+        reason: EndReason::TakeoverLost,
+    });
+    assert!(matches!(locate().await, Ok(Held::Absent)));
+}

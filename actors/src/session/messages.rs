@@ -35,6 +35,9 @@ pub enum EndReason {
     UpgradeFailed,
     /// Handed over to another node (`[nats]`): it goes on there.
     HandedOver,
+    /// Admitted to take it over from another node, but a third node claimed it first
+    /// (`[nats]`): it goes on there.
+    TakeoverLost,
 }
 
 impl EndReason {
@@ -50,6 +53,7 @@ impl EndReason {
             EndReason::HandshakeTimeout => "handshake_timeout",
             EndReason::UpgradeFailed => "upgrade_failed",
             EndReason::HandedOver => "handed_over",
+            EndReason::TakeoverLost => "takeover_lost",
         }
     }
 }
