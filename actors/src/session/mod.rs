@@ -3,6 +3,9 @@
 //! # Layout
 //! - [`messages`]: what the session, its connection and the registry tell each other.
 //! - [`outbox`]: sequenced messages kept for replay on resume.
+//! - `delivery`: sending sequenced messages to the attached connection, and the slow
+//!   reader policy.
+//! - `ending`: error reports, flushes, and the ways a session ends.
 //! - `pipeline_output`: the pipeline's output turned into messages for the client.
 //! - `resume`: the resume token, attaching and detaching connections.
 //! - `handover`: with `[nats]`, logging to the stream, handing the session to another
@@ -17,32 +20,34 @@
 //! `resume_window_s` passes. `stop`, an [`Expire`] from the registry, or a fatal error flush
 //! the pipeline, send `session.closed` and close the connection; `stopped` unregisters.
 
+mod delivery;
+mod ending;
 mod handover;
 pub mod messages;
 pub mod outbox;
 mod pipeline_output;
 mod resume;
 
+pub use delivery::frame_len;
 pub use handover::Takeover;
 pub use messages::*;
 
 use self::outbox::Outbox;
 use crate::cluster::Cluster;
 use crate::counters::SessionCounters;
-use crate::error::{close_code, SessionError};
 use crate::metrics::{Metrics, StageStats, TimingSampler};
-use crate::pipeline::{Flush, Offer, Pipeline, PipelineError};
+use crate::pipeline::{Pipeline, PipelineError};
 use crate::processors::ProcessorCatalog;
 use crate::protocol::{
     CloseReason, PipelineFormat, ResumeInfo, ServerEvent, SessionLimitsInfo, StreamParams,
 };
-use crate::settings::{BackpressurePolicy, SessionConfig};
+use crate::settings::SessionConfig;
 use actix::prelude::*;
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering::{self, Relaxed};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::{info, warn};
+use tracing::info;
 use uuid::Uuid;
 
 /// Who asked for a flush: only a client's `flush` is answered with `flushed`.
@@ -254,218 +259,6 @@ impl Session {
         }
     }
 
-    /// Sequences `event`, keeps it for replay and sends it to the attached connection. A
-    /// detached session whose outbox overflows ends (`resume_buffer_overflow`).
-    fn deliver(&mut self, ctx: &mut Context<Self>, event: &ServerEvent) {
-        if self.ended.is_some() {
-            return;
-        }
-        let (seq, text) = self.outbox.sequence(event);
-        // Kept before it is sent: sending may detach a slow reader and sequence an error
-        // after it, which must follow it in the outbox too.
-        let attached = self.attached.is_some();
-        if seq > 0 && self.outbox.keep(seq, &text, attached).is_err() {
-            self.span.in_scope(|| {
-                warn!(
-                    bytes = self.outbox.bytes(),
-                    "events since the detach overflowed resume_buffer_bytes; ending the session"
-                )
-            });
-            return self.end(ctx, EndReason::ResumeBufferOverflow);
-        }
-        self.log_event(seq, event, &text);
-        self.send_text(text);
-        self.check_reader(ctx);
-    }
-
-    /// Hands a sequenced message to the attached connection, counting it as unread until
-    /// the socket takes it.
-    fn send_text(&mut self, text: Arc<str>) {
-        let Some(conn) = &self.attached else {
-            return;
-        };
-        let len = text.len();
-        self.counters.events_sent.fetch_add(1, Relaxed);
-        self.counters.bytes_out.fetch_add(len as u64, Relaxed);
-        self.metrics.frame(
-            crate::metrics::Direction::Out,
-            crate::metrics::FrameKind::Text,
-            len,
-        );
-        conn.outgoing.queued.fetch_add(frame_len(len), Relaxed);
-        conn.to_client.do_send(ToClient::Text(text));
-    }
-
-    /// Whether the attached client is reading. It is a slow consumer when its unread queue
-    /// stays over `max_outgoing_bytes` for `slow_consumer_timeout_s` or reaches twice it,
-    /// or when its socket has taken nothing for `slow_consumer_timeout_s` while bytes wait
-    /// (its connection may then be unable to run at all, taking no audio either). With
-    /// resume on, its connection is closed and the session detaches (the events wait in
-    /// the outbox); with resume off the session ends 1008 `slow_consumer`.
-    fn check_reader(&mut self, ctx: &mut Context<Self>) {
-        let Some(conn) = &self.attached else {
-            return;
-        };
-        let limits = &self.config.limits;
-        let max = limits.max_outgoing_bytes;
-        let timeout = Duration::from_secs(limits.slow_consumer_timeout_s);
-        let queued = conn.outgoing.queued.load(Relaxed);
-        let taken = conn.outgoing.taken.load(Relaxed);
-        self.counters.outgoing_bytes.store(queued, Relaxed);
-        let stalled = match self.writer_stalled {
-            Some((at, since)) if at == taken && queued > 0 => since.elapsed() >= timeout,
-            _ => {
-                self.writer_stalled = Some((taken, Instant::now()));
-                false
-            }
-        };
-        if queued <= max {
-            self.over_since = None;
-            self.replay_allowance = 0;
-            if !stalled {
-                return;
-            }
-        }
-        // A resume's replay was asked for all at once: it counts against the bound only
-        // once the client has read it down to the bound.
-        let over = queued.saturating_sub(self.replay_allowance);
-        let since = *self.over_since.get_or_insert_with(Instant::now);
-        if !stalled && over <= 2 * max && (over <= max || since.elapsed() < timeout) {
-            return;
-        }
-        self.over_since = None;
-        self.writer_stalled = None;
-        self.span.in_scope(|| {
-            warn!(
-                queued,
-                max,
-                stalled,
-                over_ms = since.elapsed().as_millis() as u64,
-                "client is not reading its events"
-            )
-        });
-        self.metrics.slow_consumers.inc();
-        if self.token_hash.is_none() || self.closing.is_some() {
-            return self.report(ctx, SessionError::SlowConsumer { max_bytes: max });
-        }
-        self.let_go(ctx, close_code::POLICY, Some("slow_consumer"));
-        self.detach(ctx);
-        // Told on resume, in order with the rest.
-        self.deliver(
-            ctx,
-            &error_event(&SessionError::SlowConsumer { max_bytes: max }, false),
-        );
-    }
-
-    /// Whether a droppable frame (returned audio) may be queued for the client now.
-    fn room_for_droppable(&self) -> bool {
-        self.attached.as_ref().is_some_and(|conn| {
-            conn.outgoing.queued.load(Relaxed) <= self.config.limits.max_outgoing_bytes
-        })
-    }
-
-    /// Sends an error event, logging it under a fresh correlation id. Fatal errors end the
-    /// session with the error's close code, without waiting for the pipeline.
-    fn report(&mut self, ctx: &mut Context<Self>, error: SessionError) {
-        let close = error.close_code();
-        let event = error_event(&error, close.is_some());
-        if let ServerEvent::Error { correlation_id, .. } = &event {
-            self.span.in_scope(|| {
-                if close.is_some() {
-                    warn!(%correlation_id, code = error.code(), "{error}");
-                } else {
-                    info!(%correlation_id, code = error.code(), "{error}");
-                }
-            });
-        }
-        if let Ok(mut last) = self.counters.last_error.lock() {
-            *last = Some(error.code());
-        }
-        self.deliver(ctx, &event);
-        if let Some(code) = close {
-            self.finish(ctx, error.close_reason(), code);
-        }
-    }
-
-    /// Sends `session.closed`, closes the connection with `code` and ends the session.
-    fn finish(&mut self, ctx: &mut Context<Self>, reason: CloseReason, code: u16) {
-        if self.ended.is_some() {
-            return;
-        }
-        self.closing = Some(reason);
-        let stats = self.counters.stats();
-        self.deliver(ctx, &ServerEvent::SessionClosed { reason, stats });
-        self.metrics.frame(
-            crate::metrics::Direction::Out,
-            crate::metrics::FrameKind::Close,
-            2,
-        );
-        self.let_go(ctx, code, None);
-        self.span
-            .in_scope(|| info!(?reason, code, ?stats, "session closed"));
-        self.end(ctx, EndReason::Closed(reason));
-    }
-
-    /// Ends the session for good: nothing more is sent, and `stopped` unregisters it.
-    fn end(&mut self, ctx: &mut Context<Self>, reason: EndReason) {
-        if self.ended.is_some() {
-            return;
-        }
-        self.ended = Some(reason);
-        self.intake.close();
-        self.log_end(reason);
-        if let Some(conn) = self.attached.take() {
-            conn.to_client.do_send(ToClient::Close {
-                code: close_code::INTERNAL,
-                description: None,
-            });
-        }
-        if !matches!(reason, EndReason::Closed(_)) {
-            self.span
-                .in_scope(|| info!(reason = reason.as_str(), "session ended"));
-        }
-        ctx.stop();
-    }
-
-    /// Begins an orderly end: flush, then `session.closed` once the pipeline has drained.
-    /// A pipeline that cannot drain within the heartbeat timeout is closed anyway.
-    fn begin_close(&mut self, ctx: &mut Context<Self>, reason: CloseReason) {
-        if self.closing.is_some() || self.ended.is_some() {
-            return;
-        }
-        self.closing = Some(reason);
-        self.intake.close();
-        self.flush(ctx, FlushKind::Closing);
-        let deadline = Duration::from_secs(self.config.limits.heartbeat_timeout_s);
-        ctx.run_later(deadline, move |act, ctx| {
-            act.span.in_scope(|| {
-                warn!(
-                    ?reason,
-                    "pipeline did not drain in time; closing without flush"
-                )
-            });
-            act.finish(ctx, reason, reason.close_code());
-        });
-    }
-
-    fn flush(&mut self, ctx: &mut Context<Self>, kind: FlushKind) {
-        self.flushes.push_back(kind);
-        // Control is never dropped: the session waits for room, handling nothing meanwhile.
-        match self
-            .pipeline
-            .resampler
-            .offer(Flush, BackpressurePolicy::Block)
-        {
-            Offer::Queued => {}
-            Offer::Wait(room) => ctx.wait(room.into_actor(self).map(|res, act, ctx| {
-                if res.is_err() {
-                    act.report(ctx, SessionError::Internal);
-                }
-            })),
-            Offer::Dropped(_) | Offer::Closed => self.report(ctx, SessionError::Internal),
-        }
-    }
-
     fn limits_info(&self) -> SessionLimitsInfo {
         let c = &self.config;
         SessionLimitsInfo {
@@ -487,30 +280,6 @@ impl Session {
             max_outgoing_bytes: c.limits.max_outgoing_bytes,
         }
     }
-}
-
-/// An error event under a fresh correlation id.
-fn error_event(error: &SessionError, fatal: bool) -> ServerEvent {
-    ServerEvent::Error {
-        code: error.code(),
-        message: error.to_string(),
-        correlation_id: Uuid::new_v4(),
-        fatal,
-        chunk_seq: match error {
-            SessionError::AudioDropped { seq } => Some(*seq),
-            _ => None,
-        },
-    }
-}
-
-/// Encoded size of an unmasked server frame with `payload` bytes (RFC 6455 section 5.2).
-pub const fn frame_len(payload: usize) -> usize {
-    payload
-        + match payload {
-            0..=125 => 2,
-            126..=65_535 => 4,
-            _ => 10,
-        }
 }
 
 impl Actor for Session {
@@ -583,19 +352,5 @@ impl Handler<FromClient> for Session {
             FromClient::Error(error) => self.report(ctx, error),
         }
         self.stage.handled(timer);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::frame_len;
-
-    #[test]
-    fn frame_lengths_follow_the_header_sizes() {
-        assert_eq!(frame_len(0), 2);
-        assert_eq!(frame_len(125), 127);
-        assert_eq!(frame_len(126), 130);
-        assert_eq!(frame_len(65_535), 65_539);
-        assert_eq!(frame_len(65_536), 65_546);
     }
 }
