@@ -7,17 +7,16 @@
 //! futures polled by that task, so the reader keeps reading while a send waits for TCP
 //! (backpressure) and neither needs a lock but the tiny one on the send ring. Nothing the
 //! server sends can make a session panic; whatever happens ends up as an [`Outcome`].
+//! The writer is in `write`, the reader in `read`; this file runs a session across its
+//! connections (connect, retry, cut, resume) and stops it.
 
 use crate::audio::Recording;
 use crate::connect::{connect, cut, socket_handle, Started, Ws};
-use crate::latency::{Attribution, SendRing, VadEvent};
+use crate::latency::{Attribution, SendRing};
 use crate::metrics::{Metrics, Outcome};
 use crate::resume::{next_cut, reconnect, ResumeOffer};
 use crate::retry;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
-use serde_json::Value;
-use std::borrow::Cow;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -26,6 +25,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
+
+mod read;
+mod write;
+
+use read::{read_events, ReadEnd, ReadState};
+use write::{write_audio, WriteState};
 
 type WsSink = futures_util::stream::SplitSink<Ws, Message>;
 type WsStream = futures_util::stream::SplitStream<Ws>;
@@ -36,13 +41,6 @@ pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the close handshake after `session.closed`, and for the reader to say
 /// why a send failed.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-/// Prefix of the frequent `level` events of servers before `seq`, skipped without parsing.
-const LEVEL_PREFIX: &str = r#"{"type":"level""#;
-/// Most chunks one wake-up of a writer buffers before it flushes (catching up after a stall
-/// or a resume): 16 chunks of 20 ms at 48 kHz mono s16 are 31 KiB.
-const MAX_BATCH: u64 = 16;
-/// Close code of a connection whose session another connection took over: not resumed.
-const CLOSE_TAKEN_OVER: u16 = 4002;
 
 /// Everything sessions share, read-only.
 pub struct Plan {
@@ -85,30 +83,6 @@ impl Plan {
 /// The orchestrator's word to the sessions: `None` while they should stream, then
 /// `Some(deadline)`: send `stop` now and be done (`session.closed` received) by `deadline`.
 pub type StopSignal = watch::Receiver<Option<Instant>>;
-
-/// The fields of server events that the load generator looks at; everything else is
-/// ignored.
-#[derive(Deserialize)]
-struct ServerEvent<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(default)]
-    seq: Option<u64>,
-    #[serde(default, borrow)]
-    event: Option<Cow<'a, str>>,
-    #[serde(default)]
-    t_ms: Option<u64>,
-    #[serde(default)]
-    id: Option<Value>,
-    #[serde(default, borrow)]
-    code: Option<Cow<'a, str>>,
-    #[serde(default)]
-    fatal: Option<bool>,
-    #[serde(default, borrow)]
-    reason: Option<Cow<'a, str>>,
-    #[serde(default)]
-    stats: Option<Value>,
-}
 
 /// Runs one session from its connect turn (`start_at`) to its end and records it in
 /// `metrics`. Sends one message on `settled` once it is connected or has failed to. With
@@ -264,28 +238,6 @@ async fn session(
     };
     metrics.stream_ended(std::time::Instant::now());
     outcome
-}
-
-/// The reader's state across the connections of one session.
-struct ReadState {
-    /// The highest seq received (`session.started` is 0).
-    last_seq: u64,
-    /// Seqs up to this one are replayed after a resume: their latency (events, pongs)
-    /// includes the outage and is not measured.
-    replayed_until: u64,
-    /// When the connection was lost, until the first replayed event after the resume.
-    resume_from: Option<Instant>,
-}
-
-/// The writer's state across the connections of one session: where the audio is.
-struct WriteState {
-    /// When chunk 0 was due; chunk `k` is due at `first + plan.due(k)`.
-    first: Instant,
-    /// The next chunk to send.
-    k: u64,
-    /// Sample frames of chunk `k` the server already has (after a resume mid-chunk).
-    skip_frames: u64,
-    next_ping: Instant,
 }
 
 /// How one connection of a session ended.
@@ -460,223 +412,6 @@ async fn connection(
     }
 }
 
-/// Sends chunk `k` at `first + plan.due(k)` and a ping every `plan.ping_every`, until the
-/// stop signal. Gives the sink back; `Err` if a send failed (the connection is gone).
-///
-/// Built to cost little per chunk, since it runs 50 times a second per session: one timer,
-/// reset to the next due instant rather than created anew; the stop signal's waiter
-/// registered once, not per chunk; and whatever is due at a wake-up (a ping and its chunk,
-/// or the chunks of a stall being caught up, at most [`MAX_BATCH`]) buffered and written
-/// with one flush, so one system call. Late chunks go out at once, catching up as
-/// `MissedTickBehavior::Burst` would; after a resume that resends what the server did not
-/// get. Every chunk of one flush gets the flush's instant as its send time.
-async fn write_audio(
-    mut sink: WsSink,
-    plan: &Plan,
-    state: &SessionState,
-    at: &mut WriteState,
-    epoch: Instant,
-    mut stop: StopSignal,
-) -> (WsSink, Result<(), String>) {
-    let chunks = &plan.recording.chunks;
-    let bytes_per_frame =
-        plan.recording.chunk_bytes() / plan.recording.frames_per_chunk.max(1) as usize;
-    let stopped = stop_requested(&mut stop);
-    tokio::pin!(stopped);
-    let timer = sleep_until(at.first + plan.due(at.k));
-    tokio::pin!(timer);
-    loop {
-        let due = at.first + plan.due(at.k);
-        timer.as_mut().reset(due.min(at.next_ping));
-        tokio::select! {
-            biased;
-            // Also when the orchestrator is gone: stop as if told to.
-            _ = &mut stopped => return (sink, Ok(())),
-            _ = &mut timer => {}
-        }
-        let now = Instant::now();
-        if now >= at.next_ping {
-            let id = u64::try_from((now - epoch).as_micros()).unwrap_or(u64::MAX);
-            let ping = Message::text(format!(r#"{{"type":"ping","id":{id}}}"#));
-            if let Err(e) = sink.feed(ping).await {
-                return (
-                    sink,
-                    Err(format!("connection lost while sending a ping: {e}")),
-                );
-            }
-            // Pings are not caught up after a stall: one per interval from now.
-            at.next_ping = (at.next_ping + plan.ping_every).max(now);
-        }
-        let mut batch = 0u64;
-        while batch < MAX_BATCH && at.first + plan.due(at.k + batch) <= now {
-            let k = at.k + batch;
-            let mut chunk = chunks[(k % chunks.len() as u64) as usize].clone();
-            if batch == 0 && at.skip_frames > 0 {
-                let skip = (at.skip_frames as usize * bytes_per_frame).min(chunk.len());
-                chunk = chunk.slice(skip..);
-            }
-            if let Err(e) = sink.feed(Message::Binary(chunk)).await {
-                return (
-                    sink,
-                    Err(format!("connection lost while sending audio: {e}")),
-                );
-            }
-            batch += 1;
-        }
-        if let Err(e) = sink.flush().await {
-            return (sink, Err(format!("connection lost while sending: {e}")));
-        }
-        if batch > 0 {
-            let sent = Instant::now().into_std();
-            let mut ring = state.ring();
-            for _ in 0..batch {
-                ring.push(sent);
-            }
-            drop(ring);
-            state.chunks_sent.fetch_add(batch, Relaxed);
-            at.k += batch;
-            at.skip_frames = 0;
-        }
-    }
-}
-
-/// How the reader stopped.
-enum ReadEnd {
-    /// `session.closed` with this reason.
-    Closed(String),
-    /// The connection ended without `session.closed`; whether the session may be resumed
-    /// (not when another connection took it over).
-    Broken(String, bool),
-}
-
-/// The `seq` of a frequent `level` event, read without parsing the rest (the server writes
-/// `seq` first, then `type`); `None` for any other message.
-fn level_seq(text: &str) -> Option<u64> {
-    let rest = text.strip_prefix(r#"{"seq":"#)?;
-    let end = rest.find(|c: char| !c.is_ascii_digit())?;
-    let (digits, after) = rest.split_at(end);
-    if after.starts_with(r#","type":"level""#) {
-        digits.parse().ok()
-    } else {
-        None
-    }
-}
-
-/// Reads server events until `session.closed` or the end of the connection, counting each
-/// seq once (and gaps and duplicates), recording ping round trips, VAD event latencies,
-/// resume latency, error events and the session's final counters.
-async fn read_events(
-    mut stream: WsStream,
-    plan: &Plan,
-    metrics: &Metrics,
-    state: &SessionState,
-    rs: &mut ReadState,
-    epoch: Instant,
-) -> ReadEnd {
-    loop {
-        let text = match stream.next().await {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(Message::Close(frame))) => {
-                let resumable = frame
-                    .as_ref()
-                    .is_none_or(|f| u16::from(f.code) != CLOSE_TAKEN_OVER);
-                return ReadEnd::Broken(
-                    format!(
-                        "the server closed the connection without session.closed{}",
-                        close_detail(frame.as_ref())
-                    ),
-                    resumable,
-                );
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return ReadEnd::Broken(format!("connection lost: {e}"), true),
-            None => {
-                return ReadEnd::Broken("connection closed without session.closed".into(), true)
-            }
-        };
-        let now = Instant::now();
-        let level = level_seq(text.as_str());
-        let parsed = if level.is_some() || text.as_str().starts_with(LEVEL_PREFIX) {
-            None
-        } else {
-            serde_json::from_str::<ServerEvent>(text.as_str()).ok()
-        };
-        let seq = level.or_else(|| parsed.as_ref().and_then(|ev| ev.seq));
-        let mut replayed = false;
-        if let Some(seq) = seq {
-            if seq <= rs.last_seq {
-                state.seq_duplicates.fetch_add(1, Relaxed);
-                continue;
-            }
-            state.seq_gaps.fetch_add(seq - rs.last_seq - 1, Relaxed);
-            rs.last_seq = seq;
-            replayed = seq <= rs.replayed_until;
-            if let Some(lost_at) = rs.resume_from.take() {
-                metrics.resumed(now - lost_at);
-            }
-        }
-        let Some(ev) = parsed else { continue };
-        match ev.kind.as_ref() {
-            "vad" => {
-                let kind = match ev.event.as_deref() {
-                    Some("speech_start") => VadEvent::SpeechStart,
-                    Some("speech_end") => VadEvent::SpeechEnd,
-                    _ => continue,
-                };
-                if kind == VadEvent::SpeechStart {
-                    state.speech_starts.fetch_add(1, Relaxed);
-                }
-                let Some(t_ms) = ev.t_ms else { continue };
-                if replayed {
-                    continue; // its latency includes the outage
-                }
-                let index = plan.attribution.chunk_index(kind, t_ms);
-                let sent = state.ring().get(index);
-                let latency = sent.map(|s| now.into_std().saturating_duration_since(s));
-                metrics.event(now.into_std(), latency);
-            }
-            "pong" if !replayed => {
-                if let Some(us) = ev.id.as_ref().and_then(Value::as_u64) {
-                    let sent = epoch + Duration::from_micros(us);
-                    if sent <= now {
-                        metrics.ping(now.into_std(), now - sent);
-                    }
-                }
-            }
-            "error" => {
-                let code = ev.code.as_deref().unwrap_or("?");
-                metrics.error_event(code);
-                if ev.fatal == Some(true) {
-                    if let Ok(mut fatal) = state.fatal.lock() {
-                        fatal.get_or_insert_with(|| code.to_owned());
-                    }
-                }
-            }
-            "session.closed" => {
-                let dropped = ev
-                    .stats
-                    .as_ref()
-                    .and_then(|s| s.get("chunks_dropped"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                state.dropped.store(dropped, Relaxed);
-                let reason = ev.reason.as_deref().unwrap_or("?").to_owned();
-                // Let the close handshake finish (tungstenite answers the close frame).
-                let drain = async {
-                    while let Some(Ok(m)) = stream.next().await {
-                        if m.is_close() {
-                            break;
-                        }
-                    }
-                };
-                let _ = timeout(DRAIN_TIMEOUT, drain).await;
-                return ReadEnd::Closed(reason);
-            }
-            _ => {}
-        }
-    }
-}
-
 /// Resolves once the orchestrator has asked to stop.
 async fn stop_requested(stop: &mut StopSignal) {
     loop {
@@ -714,20 +449,5 @@ pub(crate) fn close_detail(frame: Option<&tungstenite::protocol::CloseFrame>) ->
         Some(f) if f.reason.is_empty() => format!(" (close code {})", u16::from(f.code)),
         Some(f) => format!(" (close code {}: {})", u16::from(f.code), f.reason),
         None => String::new(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn level_seq_is_read_without_parsing() {
-        assert_eq!(
-            level_seq(r#"{"seq":42,"type":"level","t_ms":100,"rms_dbfs":-20.5}"#),
-            Some(42)
-        );
-        assert_eq!(level_seq(r#"{"seq":7,"type":"vad","t_ms":100}"#), None);
-        assert_eq!(level_seq(r#"{"type":"level","t_ms":100}"#), None);
     }
 }
