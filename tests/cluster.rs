@@ -275,6 +275,7 @@ async fn events_of_fifty_real_time_sessions_are_in_the_stream_in_seq_order() {
         }));
     }
     let js = nats.jetstream().await;
+    let mut ids = Vec::new();
     for task in tasks {
         let got = task.await.expect("client");
         let id = got[0]["session_id"].as_str().expect("id").to_owned();
@@ -298,7 +299,25 @@ async fn events_of_fifty_real_time_sessions_are_in_the_stream_in_seq_order() {
         assert_eq!(lifecycle[0]["params"]["input"]["sample_rate"], RATE);
         assert_eq!(lifecycle[1]["reason"], "client_stop");
         assert_eq!(lifecycle[1]["stats"], got.last().expect("closed")["stats"]);
+        ids.push(id);
     }
+    // A session that ended leaves no state behind for a takeover to find.
+    let records = js.get_key_value("voxrt_sessions").await.expect("bucket");
+    poll_until(
+        "ended sessions' records to be deleted",
+        Duration::from_millis(50),
+        || async {
+            let mut left = 0;
+            for id in &ids {
+                if records.get(id.as_str()).await.expect("get").is_some() {
+                    left += 1;
+                }
+            }
+            left
+        },
+        |left| *left == 0,
+    )
+    .await;
     let (status, ready) = get(format!("{}/ready", server.http())).await;
     assert_eq!(status, 200);
     assert_eq!(ready["nats"]["connected"], true);

@@ -361,6 +361,7 @@ impl Cluster {
             subject: events_subject(&self.inner.shared.settings.subject_prefix, session),
             msg_id: format!("{session}.{seq}"),
             payload: Bytes::copy_from_slice(text.as_bytes()),
+            delete: false,
         });
     }
 
@@ -379,6 +380,7 @@ impl Cluster {
             subject: lifecycle_subject(&self.inner.shared.settings.subject_prefix, session),
             msg_id: format!("{session}.lifecycle.{}", Uuid::new_v4()),
             payload: Bytes::from(json),
+            delete: false,
         });
     }
 
@@ -390,21 +392,25 @@ impl Cluster {
     /// session's publishing behind it.
     pub fn put_session(&self, session: Uuid, record: &SessionRecord) {
         if let Ok(json) = serde_json::to_vec(record) {
-            self.queue(Record::Publish {
-                subject: format!(
-                    "$KV.{}.{session}",
-                    self.inner.shared.settings.sessions_bucket
-                ),
-                msg_id: format!("{session}.state.{}", Uuid::new_v4()),
-                payload: Bytes::from(json),
-            });
+            self.queue_session_write(session, Bytes::from(json), false);
         }
     }
 
-    /// Forgets a session's state (it ended for good).
+    /// Forgets a session's state (it ended for good): a delete marker, pipelined like
+    /// [`Cluster::put_session`].
     pub fn delete_session(&self, session: Uuid) {
-        self.queue(Record::DeleteSession {
-            key: session.to_string(),
+        self.queue_session_write(session, Bytes::new(), true);
+    }
+
+    fn queue_session_write(&self, session: Uuid, payload: Bytes, delete: bool) {
+        self.queue(Record::Publish {
+            subject: format!(
+                "$KV.{}.{session}",
+                self.inner.shared.settings.sessions_bucket
+            ),
+            msg_id: format!("{session}.state.{}", Uuid::new_v4()),
+            payload,
+            delete,
         });
     }
 

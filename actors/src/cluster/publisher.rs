@@ -10,7 +10,7 @@
 //! acknowledgement arriving is discarded by the stream's duplicate window, not stored twice.
 
 use super::Shared;
-use async_nats::jetstream::{self, kv, message::PublishMessage, stream};
+use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,27 +19,27 @@ use tracing::{info, warn};
 
 /// Records published per round trip at most.
 const BATCH: usize = 256;
+/// The header and value that make a publish to `$KV.<bucket>.<key>` a delete marker, as a
+/// bucket's own delete writes it.
+const KV_OPERATION: &str = "KV-Operation";
+const KV_DELETE: &str = "DEL";
 /// Longest wait between two attempts while NATS is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// One thing to write, in queue order.
 #[derive(Debug)]
 pub(super) enum Record {
-    /// A stream message; `msg_id` de-duplicates retries.
+    /// A stream message; `msg_id` de-duplicates retries. With `delete`, a key-value delete
+    /// marker (`KV-Operation: DEL`, what a bucket's delete publishes) for the key `subject`
+    /// names.
     Publish {
         subject: String,
         msg_id: String,
         payload: Bytes,
+        delete: bool,
     },
-    /// Remove a session's state from the sessions bucket.
-    DeleteSession { key: String },
     /// Answered once everything queued before it is written (or given up on at shutdown).
     Marker(oneshot::Sender<()>),
-}
-
-/// What the task writes to, made (created if missing) once NATS answers.
-struct Targets {
-    sessions: kv::Store,
 }
 
 /// Runs until every sender is gone.
@@ -48,7 +48,8 @@ pub(super) async fn run(
     mut queue: mpsc::Receiver<Record>,
     shared: Arc<Shared>,
 ) {
-    let mut targets: Option<Targets> = None;
+    // The stream and buckets exist (created if missing once NATS answered).
+    let mut ready = false;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         if queue.recv_many(&mut batch, BATCH).await == 0 {
@@ -57,13 +58,10 @@ pub(super) async fn run(
         shared.metrics.pending.set(queue.len() as i64);
         let mut attempt = 0u32;
         while !batch.is_empty() {
-            if targets.is_none() {
-                targets = ensure(&js, &shared).await;
+            if !ready {
+                ready = ensure(&js, &shared).await;
             }
-            let written = match &targets {
-                Some(t) => write_batch(&js, t, &mut batch, &shared).await,
-                None => false,
-            };
+            let written = ready && write_batch(&js, &mut batch, &shared).await;
             if written {
                 if attempt > 0 {
                     info!("NATS publishing recovered");
@@ -76,7 +74,7 @@ pub(super) async fn run(
             }
             shared.set_publishing(false);
             // The stream or bucket may be gone with a NATS server that lost its storage.
-            targets = None;
+            ready = false;
             attempt += 1;
             let backoff = Duration::from_millis(50 << attempt.min(5)).min(MAX_BACKOFF);
             tokio::time::sleep(backoff).await;
@@ -85,8 +83,8 @@ pub(super) async fn run(
     }
 }
 
-/// Creates the stream and buckets if they are missing; `None` while NATS does not answer.
-async fn ensure(js: &jetstream::Context, shared: &Shared) -> Option<Targets> {
+/// Creates the stream and buckets if they are missing; false while NATS does not answer.
+async fn ensure(js: &jetstream::Context, shared: &Shared) -> bool {
     let s = &shared.settings;
     let created = js
         .get_or_create_stream(stream::Config {
@@ -100,21 +98,19 @@ async fn ensure(js: &jetstream::Context, shared: &Shared) -> Option<Targets> {
         .await;
     if let Err(e) = created {
         warn!(error = %e, stream = %s.stream, "JetStream stream not available");
-        return None;
+        return false;
     }
-    let sessions = super::bucket(js, &s.sessions_bucket, Duration::from_secs(s.max_age_s)).await?;
-    super::bucket(js, &s.nodes_bucket, shared.node_ttl()).await?;
-    Some(Targets { sessions })
+    super::bucket(js, &s.sessions_bucket, Duration::from_secs(s.max_age_s))
+        .await
+        .is_some()
+        && super::bucket(js, &s.nodes_bucket, shared.node_ttl())
+            .await
+            .is_some()
 }
 
 /// Writes `batch` (sends every record, then waits for the acknowledgements); what was
 /// written leaves `batch`. False if something failed: the rest stays for the retry.
-async fn write_batch(
-    js: &jetstream::Context,
-    targets: &Targets,
-    batch: &mut Vec<Record>,
-    shared: &Shared,
-) -> bool {
+async fn write_batch(js: &jetstream::Context, batch: &mut Vec<Record>, shared: &Shared) -> bool {
     let timeout = Duration::from_millis(shared.settings.publish_timeout_ms);
     let mut acks = Vec::with_capacity(batch.len());
     let mut ok = true;
@@ -123,13 +119,17 @@ async fn write_batch(
             subject,
             msg_id,
             payload,
+            delete,
         } = record
         else {
             break;
         };
-        let publish = PublishMessage::build()
+        let mut publish = PublishMessage::build()
             .payload(payload.clone())
             .message_id(msg_id.as_str());
+        if *delete {
+            publish = publish.header(KV_OPERATION, KV_DELETE);
+        }
         match tokio::time::timeout(timeout, js.send_publish(subject.clone(), publish)).await {
             Ok(Ok(ack)) => acks.push(ack),
             _ => {
@@ -151,22 +151,10 @@ async fn write_batch(
     if !ok {
         return false;
     }
-    // The batch now starts with a non-publish record (or is empty): write those one by one
-    // until the next publish, then go round again.
+    // The batch now starts with markers (or is empty): answer them, then go round again.
     while let Some(record) = batch.first() {
-        let done = match record {
-            Record::Publish { .. } => {
-                return Box::pin(write_batch(js, targets, batch, shared)).await
-            }
-            Record::DeleteSession { key } => {
-                tokio::time::timeout(timeout, targets.sessions.delete(key.as_str()))
-                    .await
-                    .is_ok_and(|r| r.is_ok())
-            }
-            Record::Marker(_) => true,
-        };
-        if !done {
-            return false;
+        if let Record::Publish { .. } = record {
+            return Box::pin(write_batch(js, batch, shared)).await;
         }
         if let Record::Marker(tx) = batch.remove(0) {
             let _ = tx.send(());
