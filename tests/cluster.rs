@@ -466,6 +466,56 @@ async fn a_killed_nodes_client_resumes_on_another_node_with_every_seq_once() {
     assert_eq!(taken["node_lost"], true);
 }
 
+/// A client that stopped sending audio and only pinged for a while before its node died:
+/// the last moment of its log is pongs, which do not say where the audio stands, so the
+/// new node reads further back and resumes it where its audio ended, not at the start:
+/// from the widest tail by default, from the whole log when the pongs fill that too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_only_pinged_for_a_while_resumes_where_its_audio_ended() {
+    let nats = NatsServer::start();
+    resume_after_pings(&nats, "default", &[]).await;
+    resume_after_pings(&nats, "tail-1s", &[("VOXRT_NATS__TAKEOVER_TAIL_S", "1")]).await;
+}
+
+/// One round of the test above, on nodes `<name>-a` and `<name>-b` with `extra` settings.
+async fn resume_after_pings(nats: &NatsServer, name: &str, extra: &[(&str, &str)]) {
+    let mut a = node(nats, &format!("{name}-a"), extra);
+    let b = node(nats, &format!("{name}-b"), extra);
+    let pcm = speech();
+    let cut_at = (RATE as usize * 2) * 9 / 10 / CHUNK * CHUNK;
+    let (mut client, started, id, mut got) =
+        stream_until_read(&a, QUERY, &pcm, cut_at, false).await;
+    // Pings for 1.5 s of wall time (more than the first tail a takeover reads): the
+    // newest logged events are pongs, the last level event is older.
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    for i in 0..15 {
+        tick.tick().await;
+        client.send_json(json!({"type": "ping", "id": i})).await;
+        let mut audio_out = Vec::new();
+        for e in client.until("pong", &mut audio_out).await {
+            got.add(e);
+        }
+    }
+    let (mut client, resumed, from) =
+        kill_and_resume(nats, &mut a, &b, (client, &started, &id), &mut got).await;
+    let level_ms = 100;
+    let streamed_ms = (cut_at / 2) as u64 * 1000 / u64::from(RATE);
+    let resumed_ms = resumed["audio_ms"].as_u64().expect("audio_ms");
+    assert!(
+        resumed_ms + level_ms >= streamed_ms && resumed_ms <= streamed_ms,
+        "{name}: resumed at {resumed_ms} ms of {streamed_ms} ms streamed"
+    );
+    for chunk in pcm[from..cut_at].chunks(CHUNK) {
+        client.send_audio(chunk.to_vec()).await;
+    }
+    let (events, code) = client.stop().await;
+    assert_eq!(code, Some(1000));
+    for e in events {
+        got.add(e);
+    }
+    got.assert_contiguous();
+}
+
 /// Two resumes of one session racing through two nodes after its node died: one node
 /// takes it over; the other refuses 503 `session_busy` (its client tries again) or, coming
 /// second, takes it over from the first, whose connection then closes 4002. Never do both

@@ -250,8 +250,9 @@ pub struct NatsSettings {
     pub max_pending: usize,
     /// How long a node taking a session over waits for the node holding it, ms.
     pub handover_timeout_ms: u64,
-    /// How far back a takeover reads a session's events (before the newest one), seconds;
-    /// a client that misses older ones makes it read the whole log.
+    /// How far back a takeover reads a session's events (before the newest one) when the
+    /// last second is not enough, seconds; a client that misses older ones makes it read
+    /// the whole log.
     pub takeover_tail_s: u64,
     /// On SIGTERM, hand resumable sessions over (clients resume on another node) instead of
     /// closing them.

@@ -43,6 +43,9 @@ pub struct SessionLog {
     pub first_seq: Option<u64>,
     /// Whether a VAD event was read (else `open_segment_ms` says nothing of its own).
     pub vad_seen: bool,
+    /// Whether an event placing the timeline (level, VAD, flushed, transcript) was read
+    /// (else `covered_ms` says nothing of its own).
+    pub positioned: bool,
     /// The end of the audio the logged events cover, ms on the input timeline.
     pub covered_ms: u64,
     /// `t_ms` of a `speech_start` with no `speech_end` after it.
@@ -65,6 +68,7 @@ impl SessionLog {
             last_seq: None,
             first_seq: None,
             vad_seen: false,
+            positioned: false,
             covered_ms: 0,
             open_segment_ms: None,
             handed_over: None,
@@ -104,6 +108,7 @@ impl SessionLog {
             _ => None,
         };
         if let Some(ms) = covered {
+            self.positioned = true;
             self.covered_ms = self.covered_ms.max(ms);
         }
         self.recent_bytes += text.len();
@@ -202,6 +207,13 @@ mod tests {
         assert!(!log.reaches_back_to(5), "7 is the first read: 6 is not");
         log.event(r#"{"seq":9,"type":"vad","event":"speech_end","t_ms":850,"duration_ms":300}"#);
         assert!(log.vad_seen);
+        let mut pongs = SessionLog::new(1 << 20);
+        pongs.event(r#"{"seq":10,"type":"pong","id":1}"#);
+        assert!(
+            !pongs.positioned,
+            "a pong does not say where the timeline is"
+        );
+        assert!(log.positioned);
         let mut whole = SessionLog::new(1 << 20);
         whole.event(r#"{"seq":0,"type":"session.started"}"#);
         assert!(whole.whole() && whole.reaches_back_to(0));

@@ -190,11 +190,14 @@ impl Cluster {
     /// `max_recent_bytes` of its latest events.
     ///
     /// Reads the tail only: the newest lifecycle record, and the events of the last
-    /// `nats.takeover_tail_s` before the newest event, so a takeover costs the same for a
-    /// session of a minute and one of hours. `open_segment_ms` (the session record's) says
-    /// whether a segment opened before the tail is still open. When the client's `last_seq`
-    /// is older than the tail, the whole log is read instead, so that nothing it missed is
-    /// lost.
+    /// [`FIRST_TAIL`] before the newest event, or if the client lacks older ones (or those
+    /// do not say where the timeline is) of the last `nats.takeover_tail_s`, so a takeover
+    /// costs the same for a session of a minute and one of hours, and the stream scans
+    /// little of the other sessions' messages. `open_segment_ms` (the session record's)
+    /// says whether a segment opened before the tail is still open. When the client's
+    /// `last_seq` is older than the widest tail, or no tail places the timeline, the whole
+    /// log is read instead, so that nothing it missed is lost and the audio resumes where
+    /// it stands.
     pub async fn session_log(
         &self,
         session: Uuid,
@@ -220,15 +223,24 @@ impl Cluster {
                 return Ok(log);
             };
             let timeout = Duration::from_millis(settings.publish_timeout_ms);
-            let tail = newest.time - Duration::from_secs(settings.takeover_tail_s);
-            let mut tail_log = log.clone();
-            let from = consumer::DeliverPolicy::ByStartTime { start_time: tail };
-            read_events(&stream, &events, from, timeout, &mut tail_log).await?;
-            if tail_log.reaches_back_to(client_seq) {
-                if !tail_log.whole() && !tail_log.vad_seen {
-                    tail_log.open_segment_ms = open_segment_ms;
+            let widest = Duration::from_secs(settings.takeover_tail_s);
+            let tails = match widest > FIRST_TAIL {
+                true => vec![FIRST_TAIL, widest],
+                false => vec![widest],
+            };
+            for tail in tails {
+                let mut tail_log = log.clone();
+                let start_time = newest.time - tail;
+                let from = consumer::DeliverPolicy::ByStartTime { start_time };
+                read_events(&stream, &events, from, timeout, &mut tail_log).await?;
+                // A tail must also say where the timeline is: one of pongs alone (a
+                // client that stopped sending audio and pinged) does not.
+                if tail_log.reaches_back_to(client_seq) && tail_log.positioned {
+                    if !tail_log.whole() && !tail_log.vad_seen {
+                        tail_log.open_segment_ms = open_segment_ms;
+                    }
+                    return Ok(tail_log);
                 }
-                return Ok(tail_log);
             }
             read_events(
                 &stream,
@@ -275,6 +287,12 @@ impl Cluster {
         .await
     }
 }
+
+/// The first tail of a session's events a takeover reads, before the newest one. A client
+/// that lost its node has almost always had every event but the last moment's, and the
+/// stream's cost of a read grows with the window (it interleaves every session's messages):
+/// in a mass failover of 200 sessions, a 1 s window took over 4 times faster than 10 s.
+const FIRST_TAIL: Duration = Duration::from_secs(1);
 
 /// The newest message on `subject`, `None` if it has none.
 async fn last_message(
