@@ -208,10 +208,19 @@ pub async fn take_over(
     // tries again (503 `session_busy`).
     let holder = stored.record.node.clone();
     if holder != cluster.node() && cluster.is_live(&holder).await.map_err(internal)? {
-        let reply = cluster
-            .request_handover(&holder, id)
-            .await
-            .map_err(internal)?;
+        let reply = match cluster.request_handover(&holder, id).await {
+            Ok(reply) => reply,
+            // A holder that died with the request on its way never answers. Once its
+            // heartbeat has expired the log is the whole story; one still beating may
+            // still run the session, and the client tries again.
+            Err(e) => {
+                warn!(session = %id, %holder, error = %e, "handover request unanswered");
+                match cluster.is_live(&holder).await.map_err(internal)? {
+                    true => HandoverReply::Busy,
+                    false => HandoverReply::NotHere,
+                }
+            }
+        };
         // The holder may still run the session: its log is not the whole story yet.
         if reply == HandoverReply::Busy {
             return Err(AdmissionError::SessionBusy);

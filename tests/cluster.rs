@@ -516,6 +516,53 @@ async fn resume_after_pings(nats: &NatsServer, name: &str, extra: &[(&str, &str)
     got.assert_contiguous();
 }
 
+/// A node that stops answering without leaving NATS (frozen: SIGSTOP) while its client
+/// resumes elsewhere: the handover request goes unanswered, and the client is told to try
+/// again (503 `session_busy`) until the frozen node's heartbeat expires, then resumes from
+/// the log with every seq once. Never a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_nodes_client_is_asked_to_retry_then_resumes() {
+    let nats = NatsServer::start();
+    let a = node(&nats, "node-a", &[]);
+    let b = node(
+        &nats,
+        "node-b",
+        &[("VOXRT_NATS__HANDOVER_TIMEOUT_MS", "1000")],
+    );
+    let pcm = speech();
+    let cut_at = (RATE as usize * 2) * 9 / 10 / CHUNK * CHUNK;
+    let (client, started, id, mut got) = stream_until_read(&a, QUERY, &pcm, cut_at, false).await;
+    wait_logged(&nats.jetstream().await, &id, got.last_seq()).await;
+    a.signal("STOP");
+    drop(client);
+    let url = b.url(&resume_query(&started, got.last_seq()));
+    let mut refusals = 0;
+    let (client, resumed, from) = loop {
+        match try_resume(&url, &mut got).await {
+            Ok(resumed) => break resumed,
+            Err(refusal) => {
+                assert_busy(&refusal);
+                refusals += 1;
+                assert!(refusals < 60, "still busy after {refusals} tries");
+                tokio::time::sleep(Duration::from_secs(1)).await; // its Retry-After
+            }
+        }
+    };
+    assert!(from <= cut_at);
+    let mut client = client;
+    for chunk in pcm[from..cut_at].chunks(CHUNK) {
+        client.send_audio(chunk.to_vec()).await;
+    }
+    let (events, code) = client.stop().await;
+    assert_eq!(code, Some(1000));
+    for e in events {
+        got.add(e);
+    }
+    got.assert_contiguous();
+    assert_eq!(resumed["type"], "session.resumed");
+    a.signal("KILL");
+}
+
 /// Two resumes of one session racing through two nodes after its node died: one node
 /// takes it over; the other refuses 503 `session_busy` (its client tries again) or, coming
 /// second, takes it over from the first, whose connection then closes 4002. Never do both
