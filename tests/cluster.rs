@@ -152,13 +152,21 @@ async fn kill_and_resume(
 /// checks everything the client got: seqs contiguous, and segments those of `want` apart
 /// from the split at the takeover point.
 async fn finish_resumed(
-    mut client: Client,
+    client: Client,
     resumed: &Value,
     rest: &[u8],
     got: &mut Seen,
     want: &[(String, u64)],
 ) {
-    for chunk in rest.chunks(CHUNK) {
+    resend_and_stop(client, rest, got).await;
+    let at_ms = resumed["audio_ms"].as_u64().expect("audio_ms");
+    assert_segments_match(&segments(&got.events()), want, at_ms);
+}
+
+/// Sends `audio` on the resumed `client`, stops, and checks that the client got every seq
+/// once.
+async fn resend_and_stop(mut client: Client, audio: &[u8], got: &mut Seen) {
+    for chunk in audio.chunks(CHUNK) {
         client.send_audio(chunk.to_vec()).await;
     }
     let (events, code) = client.stop().await;
@@ -167,8 +175,6 @@ async fn finish_resumed(
         got.add(e);
     }
     got.assert_contiguous();
-    let at_ms = resumed["audio_ms"].as_u64().expect("audio_ms");
-    assert_segments_match(&segments(&got.events()), want, at_ms);
 }
 
 /// The reference: `pcm` streamed whole on one node (opened with `query`), without any loss.
@@ -496,7 +502,7 @@ async fn resume_after_pings(nats: &NatsServer, name: &str, extra: &[(&str, &str)
             got.add(e);
         }
     }
-    let (mut client, resumed, from) =
+    let (client, resumed, from) =
         kill_and_resume(nats, &mut a, &b, (client, &started, &id), &mut got).await;
     let level_ms = 100;
     let streamed_ms = (cut_at / 2) as u64 * 1000 / u64::from(RATE);
@@ -505,15 +511,7 @@ async fn resume_after_pings(nats: &NatsServer, name: &str, extra: &[(&str, &str)
         resumed_ms + level_ms >= streamed_ms && resumed_ms <= streamed_ms,
         "{name}: resumed at {resumed_ms} ms of {streamed_ms} ms streamed"
     );
-    for chunk in pcm[from..cut_at].chunks(CHUNK) {
-        client.send_audio(chunk.to_vec()).await;
-    }
-    let (events, code) = client.stop().await;
-    assert_eq!(code, Some(1000));
-    for e in events {
-        got.add(e);
-    }
-    got.assert_contiguous();
+    resend_and_stop(client, &pcm[from..cut_at], &mut got).await;
 }
 
 /// A node that stops answering without leaving NATS (frozen: SIGSTOP) while its client
@@ -549,17 +547,8 @@ async fn a_frozen_nodes_client_is_asked_to_retry_then_resumes() {
         }
     };
     assert!(from <= cut_at);
-    let mut client = client;
-    for chunk in pcm[from..cut_at].chunks(CHUNK) {
-        client.send_audio(chunk.to_vec()).await;
-    }
-    let (events, code) = client.stop().await;
-    assert_eq!(code, Some(1000));
-    for e in events {
-        got.add(e);
-    }
-    got.assert_contiguous();
     assert_eq!(resumed["type"], "session.resumed");
+    resend_and_stop(client, &pcm[from..cut_at], &mut got).await;
     a.signal("KILL");
 }
 
@@ -637,12 +626,7 @@ async fn resumes_racing_through_two_nodes_leave_the_session_on_one() {
             }
             (Err(on_b), Err(on_c)) => panic!("neither node took it over: {on_b:?} {on_c:?}"),
         };
-        let (events, code) = holder.stop().await;
-        assert_eq!(code, Some(1000));
-        for e in events {
-            seen.add(e);
-        }
-        seen.assert_contiguous();
+        resend_and_stop(holder, &[], &mut seen).await;
         assert_eq!(
             seen.events().last().expect("events")["type"],
             "session.closed"
