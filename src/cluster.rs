@@ -13,7 +13,7 @@ use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 use uuid::Uuid;
 use voxrt_actors::cluster::log::TakeoverPoint;
-use voxrt_actors::cluster::records::{Claim, HandoverReply, NodeRecord};
+use voxrt_actors::cluster::records::{Claim, HandoverReply, NodeRecord, StoredSession};
 use voxrt_actors::cluster::{unix_ms, Cluster, ClusterError};
 use voxrt_actors::error::{close_code, AdmissionError};
 use voxrt_actors::metrics::NatsMetrics;
@@ -187,11 +187,8 @@ pub async fn take_over(
     id: Uuid,
     request: &ResumeRequest,
 ) -> Result<SessionRoute, AdmissionError> {
-    let internal = |e: ClusterError| {
-        warn!(session = %id, error = %e, "takeover failed");
-        AdmissionError::Internal
-    };
-    let mut stored = cluster
+    let internal = internal_error(id);
+    let stored = cluster
         .session_record(id)
         .await
         .map_err(internal)?
@@ -202,41 +199,13 @@ pub async fn take_over(
         return Err(AdmissionError::ResumeTokenInvalid);
     }
     let token_hash: [u8; 32] = hash.try_into().map_err(|_| AdmissionError::Internal)?;
-    // A live holder hands the session over first; one that answers `NotHere` no longer
-    // has it (it ended there, was never started, or another node took it first): the
-    // record and the log decide. One that answers `Busy` may still run it: the client
-    // tries again (503 `session_busy`).
+    // A live holder hands the session over first.
     let holder = stored.record.node.clone();
-    if holder != cluster.node() && cluster.is_live(&holder).await.map_err(internal)? {
-        let reply = match cluster.request_handover(&holder, id).await {
-            Ok(reply) => reply,
-            // A holder that died with the request on its way never answers. Once its
-            // heartbeat has expired the log is the whole story; one still beating may
-            // still run the session, and the client tries again.
-            Err(e) => {
-                warn!(session = %id, %holder, error = %e, "handover request unanswered");
-                match cluster.is_live(&holder).await.map_err(internal)? {
-                    true => HandoverReply::Busy,
-                    false => HandoverReply::NotHere,
-                }
-            }
-        };
-        // The holder may still run the session: its log is not the whole story yet.
-        if reply == HandoverReply::Busy {
-            return Err(AdmissionError::SessionBusy);
-        }
-        // The holder's last writes are in now: the claim below is made against the
-        // record as it stands after them. A record naming a third node means that node
-        // took the session over meanwhile; the client's retry asks it.
-        stored = cluster
-            .session_record(id)
-            .await
-            .map_err(internal)?
-            .ok_or(AdmissionError::SessionNotFound)?;
-        if stored.record.node != holder {
-            return Err(AdmissionError::SessionBusy);
-        }
-    }
+    let live = holder != cluster.node() && cluster.is_live(&holder).await.map_err(internal)?;
+    let stored = match live {
+        true => ask_holder(cluster, id, &holder).await?,
+        false => stored,
+    };
     let current = state.current();
     let limits = &current.settings.session;
     let log = cluster
@@ -276,33 +245,7 @@ pub async fn take_over(
             (covered_ms * rate / 1000, next, log.open_segment_ms, true)
         }
     };
-    // Admitted before it is claimed: from the claim on, other nodes ask this one, which
-    // answers `Busy` (not `NotHere`) until the session runs.
-    let admitted = state
-        .registry
-        .send(Admit {
-            peer,
-            takeover: Some(id),
-        })
-        .await
-        .map_err(|_| AdmissionError::Internal)??;
-    // Ours before the client hears from us (the open segment is closed at the takeover),
-    // unless another node claimed it since it was read: that one serves the client.
-    let refused = match cluster.claim_session(id, &stored).await {
-        Ok(Claim::Claimed) => None,
-        Ok(Claim::Lost) => {
-            info!(session = %id, "another node took the session over first");
-            Some(AdmissionError::SessionBusy)
-        }
-        Err(e) => Some(internal(e)),
-    };
-    if let Some(refusal) = refused {
-        state.registry.do_send(Unregister {
-            id,
-            reason: EndReason::TakeoverLost,
-        });
-        return Err(refusal);
-    }
+    admit_and_claim(state, cluster, peer, id, &stored).await?;
     let takeover = Takeover {
         token_hash,
         input_frames,
@@ -312,11 +255,91 @@ pub async fn take_over(
         from_node: holder,
         node_lost,
     };
-    state.start_session(
-        &current,
-        admitted,
-        params,
-        stored.record.ttl_s,
-        Some(takeover),
-    )
+    state.start_session(&current, id, params, stored.record.ttl_s, Some(takeover))
+}
+
+/// Logs a takeover's failure to talk to NATS; the client gets 500 `internal_error`.
+fn internal_error(id: Uuid) -> impl Fn(ClusterError) -> AdmissionError + Copy {
+    move |e: ClusterError| {
+        warn!(session = %id, error = %e, "takeover failed");
+        AdmissionError::Internal
+    }
+}
+
+/// Asks `holder`, a live node other than this one, to hand session `id` over. Returns the
+/// session's record as the holder left it, which a claim must still find.
+///
+/// One that answers `NotHere` no longer has it (it ended there, was never started, or
+/// another node took it first): the record and the log decide. One that answers `Busy`
+/// may still run it: the client tries again (503 `session_busy`).
+async fn ask_holder(
+    cluster: &Cluster,
+    id: Uuid,
+    holder: &str,
+) -> Result<StoredSession, AdmissionError> {
+    let internal = internal_error(id);
+    let reply = match cluster.request_handover(holder, id).await {
+        Ok(reply) => reply,
+        // A holder that died with the request on its way never answers. Once its
+        // heartbeat has expired the log is the whole story; one still beating may still
+        // run the session, and the client tries again.
+        Err(e) => {
+            warn!(session = %id, %holder, error = %e, "handover request unanswered");
+            match cluster.is_live(holder).await.map_err(internal)? {
+                true => HandoverReply::Busy,
+                false => HandoverReply::NotHere,
+            }
+        }
+    };
+    // The holder may still run the session: its log is not the whole story yet.
+    if reply == HandoverReply::Busy {
+        return Err(AdmissionError::SessionBusy);
+    }
+    // The holder's last writes are in now. A record naming a third node means that node
+    // took the session over meanwhile; the client's retry asks it.
+    let stored = cluster
+        .session_record(id)
+        .await
+        .map_err(internal)?
+        .ok_or(AdmissionError::SessionNotFound)?;
+    match stored.record.node == holder {
+        true => Ok(stored),
+        false => Err(AdmissionError::SessionBusy),
+    }
+}
+
+/// Admits session `id` here and claims its record (as `stored` was read) for this node.
+///
+/// Admitted before it is claimed: from the claim on, other nodes ask this one, which
+/// answers `Busy` (not `NotHere`) until the session runs. Claimed before the client hears
+/// from this node, unless another node claimed it since it was read: that one serves the
+/// client, and this admission is released.
+async fn admit_and_claim(
+    state: &AppState,
+    cluster: &Cluster,
+    peer: IpAddr,
+    id: Uuid,
+    stored: &StoredSession,
+) -> Result<(), AdmissionError> {
+    state
+        .registry
+        .send(Admit {
+            peer,
+            takeover: Some(id),
+        })
+        .await
+        .map_err(|_| AdmissionError::Internal)??;
+    let refusal = match cluster.claim_session(id, stored).await {
+        Ok(Claim::Claimed) => return Ok(()),
+        Ok(Claim::Lost) => {
+            info!(session = %id, "another node took the session over first");
+            AdmissionError::SessionBusy
+        }
+        Err(e) => internal_error(id)(e),
+    };
+    state.registry.do_send(Unregister {
+        id,
+        reason: EndReason::TakeoverLost,
+    });
+    Err(refusal)
 }
