@@ -278,11 +278,27 @@ async fn ask_holder(
     holder: &str,
 ) -> Result<StoredSession, AdmissionError> {
     let internal = internal_error(id);
-    let reply = match cluster.request_handover(holder, id).await {
+    // A holder that died with the request on its way (it reached NATS before NATS noticed
+    // the death) never answers: its heartbeat expiring says so before the request times
+    // out. A stopping holder beats until it has answered every request it took.
+    let every = Duration::from_secs(cluster.settings().heartbeat_interval_s);
+    let asked = cluster.request_handover(holder, id);
+    tokio::pin!(asked);
+    let answer = loop {
+        tokio::select! {
+            answer = &mut asked => break answer,
+            _ = tokio::time::sleep(every) => {
+                if !cluster.is_live(holder).await.map_err(internal)? {
+                    break Ok(HandoverReply::NotHere);
+                }
+            }
+        }
+    };
+    let reply = match answer {
         Ok(reply) => reply,
-        // A holder that died with the request on its way never answers. Once its
-        // heartbeat has expired the log is the whole story; one still beating may still
-        // run the session, and the client tries again.
+        // Unanswered in time. Once the holder's heartbeat has expired the log is the
+        // whole story; one still beating may still run the session, and the client tries
+        // again.
         Err(e) => {
             warn!(session = %id, %holder, error = %e, "handover request unanswered");
             match cluster.is_live(holder).await.map_err(internal)? {

@@ -515,17 +515,32 @@ async fn resume_after_pings(nats: &NatsServer, name: &str, extra: &[(&str, &str)
 }
 
 /// A node that stops answering without leaving NATS (frozen: SIGSTOP) while its client
-/// resumes elsewhere: the handover request goes unanswered, and the client is told to try
-/// again (503 `session_busy`) until the frozen node's heartbeat expires, then resumes from
-/// the log with every seq once. Never a 500.
+/// resumes elsewhere, with a handover timeout shorter than a heartbeat's expiry: the
+/// request goes unanswered, and the client is told to try again (503 `session_busy`) until
+/// the frozen node's heartbeat expires, then resumes from the log with every seq once.
+/// Never a 500.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_nodes_client_is_asked_to_retry_then_resumes() {
+    resume_from_a_frozen_node("1000").await;
+}
+
+/// The same with a handover timeout of a minute: the new node stops waiting for the
+/// frozen one once its heartbeat expires (a few seconds), not when the request times out
+/// (a wait the client would take for a hang).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_is_waited_for_only_until_its_heartbeat_expires() {
+    resume_from_a_frozen_node("60000").await;
+}
+
+/// Freezes the node a session runs on and resumes it through another node whose
+/// `nats.handover_timeout_ms` is `handover_timeout_ms`, retrying while it is busy.
+async fn resume_from_a_frozen_node(handover_timeout_ms: &str) {
     let nats = NatsServer::start();
     let a = node(&nats, "node-a", &[]);
     let b = node(
         &nats,
         "node-b",
-        &[("VOXRT_NATS__HANDOVER_TIMEOUT_MS", "1000")],
+        &[("VOXRT_NATS__HANDOVER_TIMEOUT_MS", handover_timeout_ms)],
     );
     let pcm = speech();
     let cut_at = (RATE as usize * 2) * 9 / 10 / CHUNK * CHUNK;

@@ -273,14 +273,17 @@ impl Cluster {
             Duration::from_millis(settings.handover_timeout_ms + settings.publish_timeout_ms);
         self.on_nats(async move {
             let payload = Bytes::from(serde_json::to_vec(&request).unwrap_or_default());
-            let asked = tokio::time::timeout(timeout, client.request(subject, payload)).await;
-            match asked {
-                Err(_) => Err(request_error("handover")("timed out".into())),
-                Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+            // The request's own timeout: the client's default (10 s) would cut short a
+            // holder given a longer handover_timeout_ms.
+            let ask = async_nats::Request::new()
+                .payload(payload)
+                .timeout(Some(timeout));
+            match client.send_request(subject, ask).await {
+                Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                     Ok(HandoverReply::NotHere)
                 }
-                Ok(Err(e)) => Err(request_error("handover")(e.to_string())),
-                Ok(Ok(reply)) => serde_json::from_slice(&reply.payload)
+                Err(e) => Err(request_error("handover")(e.to_string())),
+                Ok(reply) => serde_json::from_slice(&reply.payload)
                     .map_err(|e| request_error("handover reply")(e.to_string())),
             }
         })
