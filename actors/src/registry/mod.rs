@@ -327,22 +327,29 @@ impl Handler<Unregister> for SessionRegistry {
     }
 }
 
+impl SessionRegistry {
+    /// Where session `id` stands here: what both a resume and another node's handover
+    /// request ask.
+    fn held(&self, id: &Uuid) -> Held {
+        match self.entries.get(id).map(|e| &e.live) {
+            Some(Some(live)) if !live.expiring => Held::Running(live.route.clone()),
+            Some(Some(_)) | None => Held::Absent,
+            Some(None) => Held::Starting,
+        }
+    }
+}
+
 impl Handler<FindSession> for SessionRegistry {
     type Result = Option<SessionRoute>;
 
     /// The route of a live session, for a resume; `None` (404) for anything else.
     fn handle(&mut self, msg: FindSession, ctx: &mut Self::Context) -> Self::Result {
-        self.guard(ctx, "find_session", |this, _| {
-            let found = this
-                .entries
-                .get(&msg.id)
-                .and_then(|e| e.live.as_ref())
-                .filter(|l| !l.expiring)
-                .map(|l| l.route.clone());
-            if found.is_none() {
+        self.guard(ctx, "find_session", |this, _| match this.held(&msg.id) {
+            Held::Running(route) => Some(route),
+            Held::Starting | Held::Absent => {
                 this.stats.resumes_not_found += 1;
+                None
             }
-            found
         })
         .flatten()
     }
@@ -352,13 +359,7 @@ impl Handler<LocateSession> for SessionRegistry {
     type Result = MessageResult<LocateSession>;
 
     fn handle(&mut self, msg: LocateSession, ctx: &mut Self::Context) -> Self::Result {
-        let held = self.guard(ctx, "locate_session", |this, _| {
-            match this.entries.get(&msg.id).map(|e| &e.live) {
-                Some(Some(live)) if !live.expiring => Held::Running(live.route.clone()),
-                Some(Some(_)) | None => Held::Absent,
-                Some(None) => Held::Starting,
-            }
-        });
+        let held = self.guard(ctx, "locate_session", |this, _| this.held(&msg.id));
         MessageResult(held.unwrap_or(Held::Absent))
     }
 }
